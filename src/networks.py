@@ -1,0 +1,145 @@
+"""Generator and discriminator builders for both model families, and generator loading.
+
+Both families follow the original scripts, with their sizes taken from ``params.yaml``:
+
+- ``mlp``: the MNIST MLP GAN. Generator: latent -> Dense/LeakyReLU/BatchNorm blocks ->
+  Dense to pixels -> reshape. Discriminator: Flatten -> Dense/LeakyReLU blocks -> 1.
+- ``dcgan``: the convolutional GAN. Generator: latent -> Dense -> reshape -> stride-2
+  Conv2DTranspose blocks with BatchNorm -> image. Discriminator: stride-2 Conv2D blocks
+  with LeakyReLU and Dropout -> 1.
+
+Discriminators return logits (the losses apply the sigmoid in a numerically stable way).
+The generator's last activation follows the data range: tanh for [-1, 1], sigmoid for
+[0, 1]. Final layers run in float32 so that mixed precision keeps outputs and logits exact.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from src.atomic import load_arrays
+from src.config import DataParams, ModelParams, Params
+from src.errors import UserError
+
+
+def output_activation(data: DataParams) -> str:
+    return "tanh" if data.value_range[0] < 0 else "sigmoid"
+
+
+def _mlp_generator(model: ModelParams, data: DataParams) -> keras.Model:
+    p = model.mlp
+    shape = (data.image_size, data.image_size, data.channels)
+    z = keras.Input((model.latent_dim,), name="latent")
+    x = z
+    for units in p.g_units:
+        x = layers.Dense(units)(x)
+        x = layers.LeakyReLU(negative_slope=p.leaky_slope)(x)
+        x = layers.BatchNormalization(momentum=p.bn_momentum)(x)
+    x = layers.Dense(int(np.prod(shape)))(x)
+    x = layers.Activation(output_activation(data), dtype="float32")(x)
+    return keras.Model(z, layers.Reshape(shape, dtype="float32")(x), name="generator")
+
+
+def _mlp_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
+    p = model.mlp
+    image = keras.Input((data.image_size, data.image_size, data.channels), name="image")
+    x = layers.Flatten()(image)
+    for units in p.d_units:
+        x = layers.Dense(units)(x)
+        x = layers.LeakyReLU(negative_slope=p.leaky_slope)(x)
+    return keras.Model(image, layers.Dense(1, dtype="float32")(x), name="discriminator")
+
+
+def _dcgan_generator(model: ModelParams, data: DataParams) -> keras.Model:
+    p = model.dcgan
+    start = data.image_size // 2 ** len(p.g_filters)
+
+    def activation(x):
+        if p.g_activation == "relu":
+            return layers.ReLU()(x)
+        return layers.LeakyReLU(negative_slope=p.leaky_slope)(x)
+
+    z = keras.Input((model.latent_dim,), name="latent")
+    x = layers.Dense(start * start * p.g_filters[0], use_bias=False)(z)
+    x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
+    x = layers.Reshape((start, start, p.g_filters[0]))(x)
+    for filters in p.g_filters[1:]:
+        x = layers.Conv2DTranspose(filters, p.kernel_size, strides=2, padding="same", use_bias=False)(x)
+        x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
+    x = layers.Conv2DTranspose(data.channels, p.kernel_size, strides=2, padding="same", dtype="float32")(x)
+    image = layers.Activation(output_activation(data), dtype="float32")(x)
+    return keras.Model(z, image, name="generator")
+
+
+def _dcgan_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
+    p = model.dcgan
+    image = keras.Input((data.image_size, data.image_size, data.channels), name="image")
+    x = image
+    for filters in p.d_filters:
+        x = layers.Conv2D(filters, p.kernel_size, strides=2, padding="same")(x)
+        x = layers.LeakyReLU(negative_slope=p.leaky_slope)(x)
+        if p.dropout > 0:
+            x = layers.Dropout(p.dropout)(x)
+    x = layers.Flatten()(x)
+    return keras.Model(image, layers.Dense(1, dtype="float32")(x), name="discriminator")
+
+
+def build_generator(model: ModelParams, data: DataParams) -> keras.Model:
+    """latent (B, latent_dim) -> images (B, size, size, channels) in the data range."""
+    return (_mlp_generator if model.arch == "mlp" else _dcgan_generator)(model, data)
+
+
+def build_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
+    """images (B, size, size, channels) -> logits (B, 1), float32."""
+    return (_mlp_discriminator if model.arch == "mlp" else _dcgan_discriminator)(model, data)
+
+
+# ---------------------------------------------------------------------------- weights
+def variables_to_arrays(model: keras.Model, prefix: str) -> dict[str, np.ndarray]:
+    """Every variable of ``model`` (weights, BatchNorm statistics, dropout seed state)."""
+    return {f"{prefix}.{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
+
+
+def assign_from_arrays(variables: list, arrays: dict[str, np.ndarray], prefix: str, source: str) -> None:
+    """Assign ``arrays[prefix.i]`` to ``variables[i]``; a count or shape mismatch is a UserError."""
+    keys = sorted(k for k in arrays if k.startswith(prefix + "."))
+    if len(keys) != len(variables):
+        raise UserError(f"{source}: holds {len(keys)} '{prefix}' arrays but the model built from "
+                        f"params.yaml has {len(variables)} (was it made with other model params?)")
+    for var, key in zip(variables, keys):
+        if tuple(var.shape) != arrays[key].shape:
+            raise UserError(f"{source}: array {key} has shape {arrays[key].shape} but the model built from "
+                            f"params.yaml expects {tuple(var.shape)} (was it made with other model params?)")
+        var.assign(arrays[key])
+
+
+def load_generator(params: Params, path: str | Path) -> keras.Model:
+    """The generator described by ``params`` with weights from ``path``.
+
+    ``path`` is a snapshot ``.npz`` written by training or the exported ``.keras`` model.
+    A missing or corrupt file, or one made for another architecture, is a UserError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: generator file not found (run the train stage first)")
+    generator = build_generator(params.model, params.data)
+    if path.suffix == ".keras":
+        try:
+            loaded = keras.models.load_model(path, compile=False)
+        except Exception as exc:  # Keras raises many types for a damaged archive
+            raise UserError(f"{path}: cannot load the generator ({type(exc).__name__})") from None
+        arrays = variables_to_arrays(loaded, "g")
+    else:
+        try:
+            arrays = load_arrays(path)
+        except Exception as exc:  # zipfile/numpy errors for truncated or foreign files
+            raise UserError(f"{path}: cannot read the generator snapshot ({type(exc).__name__})") from None
+    assign_from_arrays(generator.variables, arrays, "g", str(path))
+    expected = (params.data.image_size, params.data.image_size, params.data.channels)
+    if tuple(generator.output_shape[1:]) != expected:
+        raise UserError(f"{path}: generator makes images of shape {generator.output_shape[1:]}, "
+                        f"params.yaml expects {expected}")
+    return generator

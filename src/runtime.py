@@ -1,0 +1,76 @@
+"""Where and how training runs: determinism, mixed precision, devices and strategies.
+
+``strategy: auto`` picks, in order: several workers in ``TF_CONFIG`` ->
+MultiWorkerMirroredStrategy; several GPUs -> MirroredStrategy; one GPU -> OneDeviceStrategy
+on it; otherwise TensorFlow's default strategy (the CPU).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+import keras
+import tensorflow as tf
+
+from src.config import TrainParams
+from src.errors import UserError
+
+
+def configure(train: TrainParams, seed: int) -> None:
+    """Seed every generator and switch on op determinism and the precision policy.
+
+    Must run before any model is built (the precision policy applies at build time).
+    """
+    keras.utils.set_random_seed(seed)
+    if train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("float32" if train.mixed_precision == "none" else train.mixed_precision)
+
+
+def _workers_in_tf_config() -> int:
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except json.JSONDecodeError:
+        raise UserError("TF_CONFIG is set but is not valid JSON") from None
+    return sum(len(v) for k, v in cluster.items() if k in ("worker", "chief"))
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy that ``train.strategy`` names."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        if _workers_in_tf_config() > 1:
+            name = "multi_worker"
+        elif len(gpus) > 1:
+            name = "mirrored"
+        elif len(gpus) == 1:
+            name = "one_device"
+        else:
+            name = "default"
+    if name == "multi_worker":
+        if _workers_in_tf_config() < 1:
+            raise UserError("params key 'train.strategy' is multi_worker but TF_CONFIG names no workers")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()  # all visible GPUs, else the CPU devices
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    return tf.distribute.get_strategy()
+
+
+def environment(train: TrainParams, strategy: tf.distribute.Strategy) -> dict:
+    """What a teammate needs to tell why two runs differ."""
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+        "jit_compile": train.jit_compile,
+        "mixed_precision": train.mixed_precision,
+        "deterministic": train.deterministic,
+    }

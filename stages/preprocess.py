@@ -1,0 +1,28 @@
+"""Stage: build data/processed/ (shards, manifest.json, report.json) from params.yaml's data section.
+
+Run from the repository root: ``python stages/preprocess.py``. Exits 2 with one line on a
+user error (bad params, missing source, no usable image).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# stages/ is not a package: make ``src`` importable when run as a script from anywhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from src.config import load_params  # noqa: E402
+from src.errors import stage_main  # noqa: E402
+from src.preprocess import preprocess  # noqa: E402
+
+OUT_DIR = Path("data/processed")
+
+
+@stage_main
+def main() -> None:
+    params = load_params()
+    preprocess(params.data, params.common.seed, OUT_DIR)
+
+
+if __name__ == "__main__":
+    main()
