@@ -34,15 +34,16 @@ PART = 5000  # images per generated sub-folder
 
 # ---------------------------------------------------------------------------- data
 def _make_jpeg(args: tuple[str, int]) -> None:
-    """One photo-like JPEG: upscaled low-res noise (smooth regions) plus fine grain."""
+    """One photo-like JPEG: upscaled low-res noise (smooth regions) blended with fine grain."""
     path, seed = args
     rng = np.random.default_rng(seed)
     w, h = (int(v) for v in rng.integers(256, 1601, size=2))
     small = rng.integers(0, 256, (max(2, h // 64), max(2, w // 64), 3), dtype=np.uint8)
-    img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
-    grain = rng.integers(-12, 13, (h, w, 1), dtype=np.int16)
-    pixels = np.clip(np.asarray(img, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path, "JPEG", quality=85)
+    base = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+    # Seeded half-resolution grain: JPEG-encodes like sensor noise, cheap to make.
+    grain = Image.fromarray(rng.integers(0, 256, (h // 2 + 1, w // 2 + 1), dtype=np.uint8))
+    grain = grain.resize((w, h), Image.Resampling.NEAREST).convert("RGB")
+    Image.blend(base, grain, 0.12).save(path, "JPEG", quality=85)
 
 
 def generate(folder: Path, n: int, seed: int) -> None:

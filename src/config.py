@@ -152,7 +152,7 @@ class SampleParams:
 class ClassifierParams:
     epochs: int = _spec(3, check=at_least(1))
     batch_size: int = _spec(128, check=at_least(1))
-    learning_rate: float = _spec(1e-3, check=between(1e-8, 1.0))
+    learning_rate: float = _spec(3e-3, check=between(1e-8, 1.0))
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,7 @@ class EvaluateParams:
     swd_patches_per_image: int = _spec(64, check=at_least(1))
     swd_projections: int = _spec(512, check=at_least(1))
     inception_weights: str = ""
+    curve_samples: int = _spec(2000, check=at_least(2))
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
 
 

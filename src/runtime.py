@@ -53,7 +53,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             raise UserError("params key 'train.strategy' is multi_worker but TF_CONFIG names no workers")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()  # all visible GPUs, else the CPU devices
+        # All GPUs; on a machine without one, every logical CPU device (how the tests run it).
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     return tf.distribute.get_strategy()

@@ -167,23 +167,39 @@ class GAN:
         for avg, var in zip(self.ema, self.generator.trainable_variables):
             avg.assign(decay * avg + (1.0 - decay) * tf.cast(var.value, avg.dtype))
 
-    def _one_step(self, real, step):
+    def _one_step(self, real, step, g_step=None):
+        """One step on one real batch: a joint update, or a discriminator-only one when
+        ``train.d_steps`` > 1 and this is not the d_steps-th step. ``g_step`` is given
+        (a Python bool) when the loop is unrolled, so no sync point sits inside a tf.cond."""
         d_steps = self.params.train.d_steps
-        if d_steps == 1:
+        if d_steps == 1 or g_step is True:
             return self.joint_step(real, step)
+        if g_step is False:
+            return self.d_step(real, step)
         return tf.cond((step + 1) % d_steps == 0,
                        lambda: self.joint_step(real, step), lambda: self.d_step(real, step))
 
-    def _replica_chunk(self, images, start_step):
-        """Run ``k`` steps over ``images`` of shape (k * b, H, W, C); return per-chunk sums."""
+    def _replica_chunk(self, images, start_step, static_steps):
+        """Run the steps of one chunk over ``images`` of shape (k * b, H, W, C); return sums.
+
+        With one replica the steps run in a ``tf.range`` loop (one small graph, any k).
+        With several, gradient all-reduces may not sit inside graph control flow, so the
+        ``static_steps`` steps are unrolled instead.
+        """
         b = self.params.train.batch_size // self.replicas
         images = tf.reshape(images, tf.concat([[-1, b], tf.shape(images)[1:]], axis=0))
         dtype = self.discriminator.compute_dtype
         sums = tf.zeros([4], tf.float32)
         first_bad = tf.constant(-1, tf.int64)
-        for i in tf.range(tf.shape(images, out_type=tf.int64)[0]):
+        if static_steps is None:
+            indices, g_steps = tf.range(tf.shape(images, out_type=tf.int64)[0]), None
+        else:
+            indices = range(static_steps)
+            g_steps = [(i + 1) % self.params.train.d_steps == 0 for i in indices]
+        for i in indices:
             step = start_step + i
-            d_loss, g_loss, real_logits, fake_logits = self._one_step(tf.cast(images[i], dtype), step)
+            g_step = None if g_steps is None else g_steps[i]
+            d_loss, g_loss, real_logits, fake_logits = self._one_step(tf.cast(images[i], dtype), step, g_step)
             values = tf.stack([tf.cast(d_loss, tf.float32), tf.cast(g_loss, tf.float32),
                                tf.reduce_mean(tf.cast(real_logits > 0, tf.float32)),
                                tf.reduce_mean(tf.cast(fake_logits < 0, tf.float32))])
@@ -192,15 +208,20 @@ class GAN:
             sums += values
         return sums, first_bad
 
-    def train_chunk(self, dist_images, start_step: int):
-        """Run one chunk of steps on every replica; returns (sums of the 4 values, first bad step)."""
+    def train_chunk(self, dist_images, start_step: int, steps: int | None = None):
+        """Run one chunk of ``steps`` steps on every replica.
+
+        Returns the mean over replicas of the summed (d_loss, g_loss, d_acc_real,
+        d_acc_fake), and the first step with a non-finite loss (-1 if none).
+        """
         if self._chunk_fn is None:
-            def chunk(images, start):
-                sums, bad = self.strategy.run(self._replica_chunk, args=(images, start))
+            def chunk(images, start, static_steps):
+                sums, bad = self.strategy.run(self._replica_chunk, args=(images, start, static_steps))
                 first_bad = tf.reduce_max(tf.stack(self.strategy.experimental_local_results(bad)))
                 return self.strategy.reduce(tf.distribute.ReduceOp.MEAN, sums, axis=None), first_bad
             self._chunk_fn = tf.function(chunk, jit_compile=self.params.train.jit_compile, reduce_retracing=True)
-        sums, bad = self._chunk_fn(dist_images, tf.constant(start_step, tf.int64))
+        static_steps = steps if self.replicas > 1 else None
+        sums, bad = self._chunk_fn(dist_images, tf.constant(start_step, tf.int64), static_steps)
         return sums.numpy(), int(bad.numpy())
 
     # -- state ------------------------------------------------------------------------------
@@ -398,7 +419,7 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
             steps_before = step_in_epoch
             for dist_images in epoch_dataset(epoch, step_in_epoch):
                 n = chunk_steps[int(np.searchsorted(np.cumsum(chunk_steps), step_in_epoch, side="right"))]
-                chunk_sums, bad = gan.train_chunk(dist_images, step)
+                chunk_sums, bad = gan.train_chunk(dist_images, step, n)
                 if bad >= 0:
                     raise NonFiniteLoss(f"train: non-finite loss at epoch {epoch + 1}, step {bad} "
                                         f"(the last good checkpoint in {paths.checkpoints} is kept); "

@@ -1,7 +1,6 @@
 """Tests for src/preprocess.py, src/dataset.py and stages/preprocess.py."""
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os

@@ -1,0 +1,227 @@
+"""The sample stage's library: render generator snapshots as PNGs, grids and a progress picture.
+
+For every snapshot ``generator_epoch_XXXX.npz`` the same fixed latent batch (drawn from
+``common.seed``) is pushed through that snapshot's generator, so image ``Y`` of every
+epoch shows the same latent point and one digit can be followed across training:
+
+- ``generated_image_epoch_XXXX_Y.png``: each image (``Y`` = 0 .. sample.count - 1)
+- ``grid_epoch_XXXX.png``: all of them, ``sample.grid_columns`` per row
+- ``progress.png``: one row per snapshot (epoch order), the first ``sample.progress_columns``
+  latent points; ``progress.gif``: the grids as an animation
+
+Incremental: ``index.json`` records each rendered snapshot's sha256 and the params that
+shape rendering; an unchanged snapshot is skipped, the images of a snapshot that is gone
+are removed, and the progress picture is rebuilt from the rendered PNGs (old generators are
+never run again). PNGs are encoded in memory and written atomically; the same generator
+and seed give the same bytes.
+
+This module imports TensorFlow only inside :func:`render_samples`; the image helpers
+(:func:`make_grid`, :func:`encode_png`, :func:`read_png`) are plain NumPy/Pillow.
+"""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from src.atomic import sha256_file, write_bytes, write_json
+from src.config import Params
+from src.errors import UserError
+
+SNAPSHOT_RE = re.compile(r"^generator_epoch_(\d+)\.npz$")
+OUTPUT_RE = re.compile(r"^(generated_image_epoch_\d+_\d+\.png|grid_epoch_\d+\.png)$")
+TEMP_RE = re.compile(r"^\.(generated_image_epoch_|grid_epoch_|progress\.|index\.json).*\.tmp$")
+INDEX = "index.json"
+PAD = 2            # pixels between grid cells
+PAD_VALUE = 128    # grey padding lines: visible on black (MNIST) and white backgrounds
+RENDER_BATCH = 256
+GIF_FRAME_MS = 500
+INDEX_VERSION = 1
+
+
+# ---------------------------------------------------------------------------- images
+def make_grid(images: np.ndarray, columns: int, pad: int = PAD, pad_value: int = PAD_VALUE) -> np.ndarray:
+    """Tile uint8 images (N, H, W, C) row by row into one (rows*H + gaps, cols*W + gaps, C) image.
+
+    ``pad`` pixels of ``pad_value`` separate neighbouring cells (no border around the
+    outside); cells after the last image are left at ``pad_value``.
+    """
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    cols = max(1, min(columns, n))
+    rows = -(-n // cols)
+    grid = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad, c), pad_value, dtype=np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y, x = r * (h + pad), k * (w + pad)
+        grid[y:y + h, x:x + w] = images[i]
+    return grid
+
+
+def to_pil(image: np.ndarray) -> Image.Image:
+    """A uint8 (H, W, 1) image as a greyscale 'L' picture, (H, W, 3) as 'RGB'."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    elif not (image.ndim == 3 and image.shape[-1] == 3) and image.ndim != 2:
+        raise ValueError(f"cannot save an image of shape {image.shape} (need 1 or 3 channels)")
+    return Image.fromarray(image)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 image; deterministic (Pillow writes no timestamp)."""
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def read_png(path: Path, channels: int) -> np.ndarray:
+    """A rendered PNG back as uint8 (H, W, channels)."""
+    with Image.open(path) as picture:
+        array = np.asarray(picture.convert("L" if channels == 1 else "RGB"))
+    return array[..., None] if channels == 1 else array
+
+
+def encode_gif(frames: list[np.ndarray]) -> bytes:
+    pictures = [to_pil(f) for f in frames]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:],
+                     duration=GIF_FRAME_MS, loop=0)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------- names
+def image_name(epoch: int, index: int) -> str:
+    return f"generated_image_epoch_{epoch:04d}_{index}.png"
+
+
+def grid_name(epoch: int) -> str:
+    return f"grid_epoch_{epoch:04d}.png"
+
+
+def snapshot_files(epoch: int, count: int) -> list[str]:
+    return [image_name(epoch, i) for i in range(count)] + [grid_name(epoch)]
+
+
+def find_snapshots(snapshots_dir: Path) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every ``generator_epoch_XXXX.npz``, in epoch order."""
+    if not snapshots_dir.is_dir():
+        raise UserError(f"{snapshots_dir}: snapshot folder not found (run the train stage first)")
+    found = []
+    for path in snapshots_dir.iterdir():
+        match = SNAPSHOT_RE.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    if not found:
+        raise UserError(f"{snapshots_dir}: no generator snapshots (generator_epoch_XXXX.npz) in this folder "
+                        "(run the train stage first)")
+    found.sort()
+    epochs = [e for e, _ in found]
+    if len(set(epochs)) != len(epochs):  # e.g. generator_epoch_5.npz next to generator_epoch_0005.npz
+        dup = next(e for e in epochs if epochs.count(e) > 1)
+        raise UserError(f"{snapshots_dir}: more than one snapshot for epoch {dup}")
+    return found
+
+
+def render_params(params: Params) -> dict:
+    """The params that decide what a snapshot's images look like (recorded in index.json)."""
+    d = params.data
+    return {"seed": params.common.seed, "count": params.sample.count, "grid_columns": params.sample.grid_columns,
+            "latent_dim": params.model.latent_dim, "range": list(d.value_range), "channels": d.channels,
+            "image_size": d.image_size}
+
+
+def _read_index(out_dir: Path) -> dict:
+    import json
+
+    try:
+        index = json.loads((out_dir / INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(index, dict) or index.get("version") != INDEX_VERSION \
+            or not isinstance(index.get("snapshots"), dict):
+        return {}
+    return index
+
+
+# ---------------------------------------------------------------------------- stage
+def render_samples(params: Params, snapshots_dir: Path, out_dir: Path) -> dict:
+    """Render every snapshot in ``snapshots_dir`` into ``out_dir``; return a summary.
+
+    The summary holds ``rendered`` and ``skipped`` (snapshot counts), ``removed`` (files of
+    snapshots no longer present), ``snapshots`` (how many there are) and ``progress``
+    (whether progress.png was rebuilt).
+    """
+    snapshots_dir, out_dir = Path(snapshots_dir), Path(out_dir)
+    snapshots = find_snapshots(snapshots_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shape = render_params(params)
+    count, channels = params.sample.count, params.data.channels
+    progress_columns = min(params.sample.progress_columns, count)
+
+    index = _read_index(out_dir)
+    old_entries: dict = index.get("snapshots", {})
+    entries: dict = {}
+    todo: list[tuple[int, Path, str]] = []
+    skipped = 0
+    for epoch, path in snapshots:
+        digest = sha256_file(path)
+        old = old_entries.get(path.name)
+        if (isinstance(old, dict) and old.get("sha256") == digest and old.get("params") == shape
+                and old.get("epoch") == epoch
+                and all((out_dir / f).is_file() for f in snapshot_files(epoch, count))):
+            entries[path.name] = old
+            skipped += 1
+        else:
+            todo.append((epoch, path, digest))
+
+    # Forget snapshots that are gone or about to be re-rendered before touching their files.
+    changed = bool(todo) or set(old_entries) != set(entries)
+    if changed or not index:
+        write_json(out_dir / INDEX, {"version": INDEX_VERSION, "snapshots": dict(entries),
+                                     "progress": index.get("progress")})
+
+    if todo:
+        from src.networks import load_generator  # TensorFlow only when something is to be rendered
+        from src.sampling import latents, to_uint8
+
+        z = latents(count, params.model.latent_dim, params.common.seed)
+        for epoch, path, digest in todo:
+            generator = load_generator(params, path)
+            images = to_uint8(np.concatenate([np.asarray(generator(z[i:i + RENDER_BATCH], training=False))
+                                              for i in range(0, count, RENDER_BATCH)]), params.data.value_range)
+            for i, image in enumerate(images):
+                write_bytes(out_dir / image_name(epoch, i), encode_png(image))
+            write_bytes(out_dir / grid_name(epoch), encode_png(make_grid(images, params.sample.grid_columns)))
+            entries[path.name] = {"sha256": digest, "epoch": epoch, "params": shape}
+            write_json(out_dir / INDEX, {"version": INDEX_VERSION, "snapshots": dict(sorted(entries.items())),
+                                         "progress": index.get("progress")})
+
+    # Remove images of snapshots that are gone (or of indices beyond a smaller count) and stale temp files.
+    expected = {f for epoch, _ in snapshots for f in snapshot_files(epoch, count)}
+    removed = 0
+    for path in out_dir.iterdir():
+        if OUTPUT_RE.match(path.name) and path.name not in expected:
+            path.unlink(missing_ok=True)
+            removed += 1
+        elif TEMP_RE.match(path.name):  # left by a killed run
+            path.unlink(missing_ok=True)
+
+    progress_state = {"columns": progress_columns, "snapshots": [p.name for _, p in snapshots],
+                      "sha256": [entries[p.name]["sha256"] for _, p in snapshots], "params": shape}
+    rebuild = (changed or removed or index.get("progress") != progress_state
+               or not (out_dir / "progress.png").is_file() or not (out_dir / "progress.gif").is_file())
+    if rebuild:
+        rows = [np.stack([read_png(out_dir / image_name(epoch, i), channels) for i in range(progress_columns)])
+                for epoch, _ in snapshots]
+        write_bytes(out_dir / "progress.png", encode_png(make_grid(np.concatenate(rows), progress_columns)))
+        frames = [read_png(out_dir / grid_name(epoch), channels) for epoch, _ in snapshots]
+        write_bytes(out_dir / "progress.gif", encode_gif(frames))
+        write_json(out_dir / INDEX, {"version": INDEX_VERSION, "snapshots": dict(sorted(entries.items())),
+                                     "progress": progress_state})
+
+    return {"rendered": len(todo), "skipped": skipped, "removed": removed, "snapshots": len(snapshots),
+            "progress": bool(rebuild)}

@@ -1,0 +1,34 @@
+"""Stage: evaluate the trained generator.
+
+Writes outputs/metrics.json (flat metrics) and outputs/eval_curve.tsv (metric per snapshot).
+Run from the repository root: ``python stages/evaluate.py``.
+"""
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.config import load_params  # noqa: E402
+from src.errors import stage_main  # noqa: E402
+
+
+@stage_main
+def main() -> None:
+    params = load_params()
+    import tensorflow as tf
+
+    from src.evaluate import evaluate
+
+    tf.config.experimental.enable_op_determinism()
+    start = time.perf_counter()
+    metrics = evaluate(params)
+    shown = ("fid", "kid", "classifier_score", "coverage", "swd", "fid_real", "swd_real")
+    summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
+    print(f"evaluate: {summary} ({time.perf_counter() - start:.0f}s)")
+    if "note" in metrics:
+        print(f"evaluate: note: {metrics['note']}")
+
+
+if __name__ == "__main__":
+    main()

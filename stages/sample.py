@@ -1,0 +1,29 @@
+"""Stage 3, sample: render every generator snapshot as PNGs, grids and a progress picture.
+
+Reads params sections common, data, model and sample; reads outputs/snapshots and writes
+outputs/samples (see src/render.py for the files and the incremental index).
+"""
+from pathlib import Path
+
+import _bootstrap  # noqa: F401  (repository root on sys.path)
+
+from src.config import load_params
+from src.errors import stage_main
+
+SNAPSHOTS = Path("outputs/snapshots")
+SAMPLES = Path("outputs/samples")
+
+
+@stage_main
+def main() -> None:
+    params = load_params()
+    from src.render import render_samples  # TensorFlow loads only after params are valid
+
+    s = render_samples(params, SNAPSHOTS, SAMPLES)
+    print(f"sample: {s['snapshots']} snapshots, {s['rendered']} rendered, {s['skipped']} unchanged, "
+          f"{s['removed']} stale files removed; progress {'rebuilt' if s['progress'] else 'unchanged'}; "
+          f"images in {SAMPLES}")
+
+
+if __name__ == "__main__":
+    main()

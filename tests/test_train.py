@@ -1,0 +1,268 @@
+"""The train stage: one-step smoke tests, update isolation, resume, kills and guards."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, run_stage, tiny_params
+from src import checkpoint, runtime
+from src.atomic import load_arrays
+from src.training_loop import GAN, TrainPaths, train
+
+PATHS = dict(checkpoints="outputs/checkpoints", snapshots="outputs/snapshots",
+             log="outputs/train_log/metrics.tsv", generator="outputs/generator.keras",
+             environment="outputs/environment.json")
+
+
+def _paths(root: Path) -> TrainPaths:
+    return TrainPaths(**{k: root / v for k, v in PATHS.items()})
+
+
+def _make_gan(params):
+    runtime.configure(params.train, params.common.seed)
+    return GAN(params, tf.distribute.get_strategy())
+
+
+def _one_chunk(gan, params, steps=1):
+    b = params.train.batch_size
+    real = np.random.default_rng(0).uniform(-1, 1, (steps * b, params.data.image_size, params.data.image_size,
+                                                    params.data.channels)).astype(np.float32)
+    if params.data.range == [0, 1]:
+        real = (real + 1) / 2
+    return gan.train_chunk(tf.constant(real), 0)
+
+
+def _values(variables):
+    return [np.array(v.numpy()) for v in variables]
+
+
+def _changed(before, variables):
+    return [not np.array_equal(a, np.asarray(v.numpy())) for a, v in zip(before, variables)]
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "mlp"])
+@pytest.mark.parametrize("loss", ["nsgan", "hinge", "wgan-gp"])
+def test_one_step_each_model_and_loss(arch, loss):
+    params = tiny_params(model={"arch": arch}, train={"loss": loss, "label_smoothing": 0.1})
+    gan = _make_gan(params)
+    g_before, d_before = _values(gan.generator.trainable_variables), _values(gan.discriminator.trainable_variables)
+    sums, bad = _one_chunk(gan, params, steps=2)
+    assert bad == -1 and np.isfinite(sums).all()
+    # Every kernel moves (a bias can have an exactly zero gradient, e.g. hinge at init).
+    assert all(c for c, v in zip(_changed(g_before, gan.generator.trainable_variables),
+                                 gan.generator.trainable_variables) if "kernel" in v.path)
+    assert all(c for c, v in zip(_changed(d_before, gan.discriminator.trainable_variables),
+                                 gan.discriminator.trainable_variables) if "kernel" in v.path)
+
+
+@pytest.mark.parametrize("switches", [{"jit_compile": True}, {"mixed_precision": "mixed_float16"},
+                                      {"mixed_precision": "mixed_bfloat16"},
+                                      {"jit_compile": True, "mixed_precision": "mixed_bfloat16"}])
+def test_xla_and_mixed_precision_steps_on_cpu(switches):
+    params = tiny_params(train={"steps_per_call": 3, **switches})
+    try:
+        gan = _make_gan(params)
+        d_before = _values(gan.discriminator.trainable_variables)
+        sums, bad = _one_chunk(gan, params, steps=3)
+        assert bad == -1 and np.isfinite(sums).all()
+        assert any(_changed(d_before, gan.discriminator.trainable_variables))
+        if params.train.mixed_precision != "none":
+            assert gan.generator.layers[1].compute_dtype in ("float16", "bfloat16")
+            assert gan.generator.output.dtype == "float32"
+    finally:
+        runtime.configure(tiny_params().train, 0)  # back to float32 for the other tests
+
+
+def test_discriminator_step_changes_only_the_discriminator():
+    """The frozen-discriminator recipe of the original script never trained D under Keras 3;
+    this catches that class of bug: each update must change its own network and only it."""
+    params = tiny_params(model={"dcgan": {"dropout": 0.0}})
+    gan = _make_gan(params)
+    real = tf.constant(np.random.default_rng(1).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32))
+    g_before, d_before = _values(gan.generator.trainable_variables), _values(gan.discriminator.trainable_variables)
+    tf.function(gan.d_step)(real, tf.constant(0, tf.int64))
+    assert not any(_changed(g_before, gan.generator.trainable_variables))
+    assert any(_changed(d_before, gan.discriminator.trainable_variables))
+
+
+@pytest.mark.parametrize("frozen", ["generator", "discriminator"])
+def test_joint_step_updates_each_network_from_its_own_loss(frozen):
+    params = tiny_params()
+    gan = _make_gan(params)
+    (gan.g_opt if frozen == "generator" else gan.d_opt).learning_rate.assign(0.0)
+    real = tf.constant(np.random.default_rng(2).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32))
+    g_before, d_before = _values(gan.generator.trainable_variables), _values(gan.discriminator.trainable_variables)
+    tf.function(gan.joint_step)(real, tf.constant(0, tf.int64))
+    g_changed = any(_changed(g_before, gan.generator.trainable_variables))
+    d_changed = any(_changed(d_before, gan.discriminator.trainable_variables))
+    assert (g_changed, d_changed) == ((False, True) if frozen == "generator" else (True, False))
+
+
+def test_two_logical_devices_mirrored(tmp_path):
+    """MirroredStrategy over two logical CPU devices trains and keeps replicas in sync."""
+    script = f"""
+import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pathlib import Path
+import numpy as np
+from conftest import tiny_raw, write_processed, blob_images
+from src.config import parse_params
+from src.training_loop import train, TrainPaths
+raw = tiny_raw(train={{"strategy": "mirrored", "epochs": 2, "steps_per_call": 2}})
+raw["data"]["folder"] = {str(tmp_path)!r}
+params = parse_params(raw)
+root = Path({str(tmp_path)!r})
+write_processed(root / "p", blob_images(32))
+summary = train(params, root / "p", TrainPaths(root / "c", root / "s", root / "l.tsv", root / "g.keras", root / "e.json"))
+import json
+env = json.loads((root / "e.json").read_text())
+assert env["replicas"] == 2 and env["strategy"] == "MirroredStrategy", env
+assert np.isfinite(summary["d_loss"]), summary
+print("OK", summary)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout
+
+
+def _final_state(project_dir: Path) -> dict:
+    found = checkpoint.load_latest(project_dir / PATHS["checkpoints"])
+    assert found is not None
+    return found[0]
+
+
+def _assert_same_state(a: dict, b: dict):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_resume_gives_the_same_weights(project, tmp_path_factory):
+    straight = project(train={"epochs": 2})
+    assert run_stage(straight, "train").returncode == 0
+    reference = _final_state(straight)
+
+    other = tmp_path_factory.mktemp("resumed")
+    for item in ("params.yaml", "data"):
+        subprocess.run(["cp", "-r", str(straight / item), str(other)], check=True)
+    text = (other / "params.yaml").read_text()
+    (other / "params.yaml").write_text(text.replace("epochs: 2", "epochs: 1"))
+    assert run_stage(other, "train").returncode == 0
+    (other / "params.yaml").write_text(text)
+    second = run_stage(other, "train")
+    assert second.returncode == 0, second.stderr
+    assert "resuming from" in second.stderr + second.stdout
+    _assert_same_state(reference, _final_state(other))
+    log = (other / PATHS["log"]).read_text().splitlines()
+    assert [row.split("\t")[0] for row in log] == ["epoch", "1", "2"]
+
+
+def test_killed_run_resumes_to_the_same_weights(project, tmp_path_factory):
+    override = dict(train={"epochs": 6, "steps_per_epoch": 4, "checkpoint_every": 1})
+    straight = project(**override)
+    assert run_stage(straight, "train").returncode == 0
+    reference = _final_state(straight)
+
+    killed = tmp_path_factory.mktemp("killed")
+    for item in ("params.yaml", "data"):
+        subprocess.run(["cp", "-r", str(straight / item), str(killed)], check=True)
+    import os
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py")], cwd=killed, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint.list_checkpoints(killed / PATHS["checkpoints"])) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.list_checkpoints(killed / PATHS["checkpoints"]), "no checkpoint before the kill"
+    assert not (killed / PATHS["generator"]).exists()
+    resumed = run_stage(killed, "train")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr + resumed.stdout
+    _assert_same_state(reference, _final_state(killed))
+
+
+def test_sigterm_saves_a_checkpoint_and_says_where_it_resumes(project):
+    root = project(train={"epochs": 200, "steps_per_epoch": 4, "checkpoint_every": 1000})
+    import os
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py")], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = root / PATHS["snapshots"]
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.is_dir() and any(log.iterdir())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "resumes from there" in out + err and "Traceback" not in err
+    saved = checkpoint.list_checkpoints(root / PATHS["checkpoints"])
+    assert len(saved) == 1
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(project, monkeypatch):
+    root = project(train={"epochs": 1})
+    params = tiny_params(train={"epochs": 1})
+    paths = _paths(root)
+    train(params, root / "data" / "processed", paths)
+    good = checkpoint.list_checkpoints(paths.checkpoints)
+    before = {p.name: p.read_bytes() for p in good}
+
+    from src import losses, training_loop
+    real = losses.get_loss("nsgan")
+    broken = losses.GANLoss(lambda r, f: real.d_loss(r, f) * np.nan, real.g_loss, False)
+    monkeypatch.setattr(training_loop, "get_loss", lambda *a: broken)
+    with pytest.raises(training_loop.NonFiniteLoss, match=r"non-finite loss at epoch 2, step 3"):
+        train(tiny_params(train={"epochs": 2}), root / "data" / "processed", paths)
+    assert {p.name: p.read_bytes() for p in checkpoint.list_checkpoints(paths.checkpoints)} == before
+
+
+def test_model_param_change_starts_fresh(project):
+    root = project(train={"epochs": 1})
+    paths = _paths(root)
+    train(tiny_params(train={"epochs": 1}), root / "data" / "processed", paths)
+    first = checkpoint.list_checkpoints(paths.checkpoints)
+    assert first
+    changed = tiny_params(train={"epochs": 1}, model={"latent_dim": 6})
+    import io
+    import contextlib
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        train(changed, root / "data" / "processed", paths)
+    assert "model.latent_dim" in buffer.getvalue() and "starting fresh" in buffer.getvalue()
+    arrays = load_arrays(checkpoint.list_checkpoints(paths.checkpoints)[-1])
+    assert arrays["g.000"].shape[0] == 6  # the first Dense kernel takes the new latent size
+
+
+def test_same_params_same_checkpoint_bytes(project, tmp_path_factory):
+    a = project(train={"epochs": 1})
+    b = tmp_path_factory.mktemp("b")
+    for item in ("params.yaml", "data"):
+        subprocess.run(["cp", "-r", str(a / item), str(b)], check=True)
+    for root in (a, b):
+        assert run_stage(root, "train").returncode == 0
+    files_a = checkpoint.list_checkpoints(a / PATHS["checkpoints"])
+    files_b = checkpoint.list_checkpoints(b / PATHS["checkpoints"])
+    assert [p.read_bytes() for p in files_a] == [p.read_bytes() for p in files_b]
+
+
+def test_tampered_shard_is_reported_before_training(project):
+    root = project()
+    shard = root / "data" / "processed" / "shard_00000.npy"
+    with open(shard, "r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x00\x80\x7f")
+    result = run_stage(root, "train")
+    assert result.returncode == 2
+    assert "shard_00000.npy" in result.stderr and "Traceback" not in result.stderr
+    assert not (root / PATHS["checkpoints"]).exists()
