@@ -6,8 +6,12 @@ import numpy as np
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """k(x, y) = (x.y / d + 1)^3 for every row pair (float64)."""
-    d = x.shape[1]
-    return (x @ y.T / d + 1.0) ** 3
+    k = x @ y.T
+    k *= 1.0 / x.shape[1]
+    k += 1.0
+    cube = k * k
+    cube *= k  # x*x*x, much faster than ** 3 (a pow() call per element)
+    return cube
 
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
