@@ -62,6 +62,10 @@ def original_mlp(params, seconds: float) -> float:
     discriminator = build_discriminator(params.model, params.data)
     discriminator.compile(optimizer=keras.optimizers.Adam(2e-4, 0.5),
                           loss=keras.losses.BinaryCrossentropy(from_logits=True), metrics=["accuracy"])
+    # Under Keras 3 the discriminator must trace its train step while still trainable, or
+    # `trainable = False` below freezes it for good (the original script's silent bug).
+    discriminator.train_on_batch(np.zeros((params.train.batch_size, 28, 28, 1), np.float32),
+                                 np.ones((params.train.batch_size, 1), np.float32))
     discriminator.trainable = False
     z = keras.Input((latent,))
     combined = keras.Model(z, discriminator(generator(z)))

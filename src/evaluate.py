@@ -229,7 +229,8 @@ def _evaluate_folder(params, outputs: Path, processed_dir: Path,
 
     net = inception.load_inception(ev.inception_weights)
     if net is None:
-        m["note"] = ("fid/kid left out: InceptionV3 ImageNet weights could not be downloaded; set "
+        m["note"] = ("fid/kid left out: evaluate.inception_weights is off" if ev.inception_weights == "off" else
+                     "fid/kid left out: InceptionV3 ImageNet weights could not be downloaded; set "
                      "evaluate.inception_weights to a local weights file")
         m["feature_net"] = "none"
     else:
