@@ -19,6 +19,8 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from src import faults
+
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: same arrays give same bytes
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -49,6 +51,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        faults.point(f"atomic/{path.as_posix()}")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:

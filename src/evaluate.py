@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from src.atomic import write_json, write_text
+from src import faults
 from src.errors import UserError
 from src.metrics import classifier as cls
 from src.metrics import swd as swd_mod
@@ -182,6 +183,7 @@ def _evaluate_mnist(params, outputs: Path, log: Callable[[str], None]) -> tuple[
         f, _ = cls.features_and_probs(net, images, ev.batch_size)
         rows.append((epoch, frechet_distance(*feature_stats(f), *curve_ref)))
         log(f"evaluate: epoch {epoch} fid {rows[-1][1]:.3f}")
+        faults.point("curve")
     curve = "epoch\tfid\n" + "".join(f"{e}\t{_round(v)}\n" for e, v in rows)
     return m, curve
 
@@ -255,6 +257,7 @@ def _evaluate_folder(params, outputs: Path, processed_dir: Path,
                              _seed(params, _SWD))
         rows.append((epoch, res["mean"]))
         log(f"evaluate: epoch {epoch} swd {rows[-1][1]:.3f}")
+        faults.point("curve")
     curve = "epoch\tswd\n" + "".join(f"{e}\t{_round(v)}\n" for e, v in rows)
     return m, curve
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from src.atomic import replace_dir, save_npy, sha256_file, staging_dir, write_json
 from src.config import DataParams, to_dict
 from src.dataset import DTYPE, MANIFEST, REPORT, shard_name
+from src import faults
 from src.errors import UserError
 from src.images import decode_image, list_images, reason_kind
 from src.mnist import load_mnist
@@ -51,6 +52,7 @@ class _ShardWriter:
             return
         path = self.out_dir / shard_name(len(self.shards))
         save_npy(path, self.buffer[:self.filled])
+        faults.point("shard")
         self.shards.append({"file": path.name, "count": self.filled, "sha256": sha256_file(path)})
         self.count += self.filled
         self.filled = 0

@@ -29,6 +29,7 @@ from PIL import Image
 
 from src.atomic import sha256_file, write_bytes, write_json
 from src.config import Params
+from src import faults
 from src.errors import UserError
 
 SNAPSHOT_RE = re.compile(r"^generator_epoch_(\d+)\.npz$")
@@ -196,6 +197,7 @@ def render_samples(params: Params, snapshots_dir: Path, out_dir: Path) -> dict:
             for i, image in enumerate(images):
                 write_bytes(out_dir / image_name(epoch, i), encode_png(image))
             write_bytes(out_dir / grid_name(epoch), encode_png(make_grid(images, params.sample.grid_columns)))
+            faults.point("render")
             entries[path.name] = {"sha256": digest, "epoch": epoch, "params": shape}
             write_json(out_dir / INDEX, {"version": INDEX_VERSION, "snapshots": dict(sorted(entries.items())),
                                          "progress": index.get("progress")})

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from src import checkpoint, runtime
+from src import checkpoint, faults, runtime
 from src.atomic import save_arrays, write_json, write_text
 from src.config import Params, to_dict
 from src.dataset import open_shards
@@ -411,8 +411,13 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
         raise UserError(f"{paths.checkpoints}: the checkpoint stopped mid-epoch at a step that train.steps_per_call "
                         "no longer divides; restore the value or delete the folder to start fresh")
     total_steps = t.epochs * steps_per_epoch
+    # A live bar on a terminal; in logs (dvc repro piped to a file) the epoch lines carry the ETA.
     bar = tqdm(total=total_steps, initial=step, unit="step", desc="train", file=sys.stderr,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+               disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    print(f"train: {env['replicas']} replica(s) with {env['strategy']} on {', '.join(env['gpus']) or 'CPU'}; "
+          f"XLA {'on' if t.jit_compile else 'off'}, precision {t.mixed_precision}; "
+          f"epoch {epoch} of {t.epochs}, {steps_per_epoch} steps of {t.batch_size} images each")
+    run_started, run_first_step = time.perf_counter(), step
     with _StopRequest() as stop, bar:
         while epoch < t.epochs:
             started = time.perf_counter()
@@ -428,6 +433,7 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
                 step += n
                 step_in_epoch += n
                 bar.update(n)
+                faults.point("chunk")
                 if stop.signum is not None:
                     path = save_checkpoint()
                     print(f"train: stopped by signal {stop.signum} at epoch {epoch + 1}, step {step}; "
@@ -438,8 +444,11 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
             means = sums / steps_per_epoch
             epoch += 1
             log_rows.append("\t".join([str(epoch), str(step)] + [f"{v:.6f}" for v in means] + [f"{images_per_sec:.1f}"]))
-            print(f"epoch {epoch}: d_loss {means[0]:.4f}, g_loss {means[1]:.4f}, "
-                  f"d_acc real {means[2]:.2f} fake {means[3]:.2f}, {images_per_sec:.0f} img/s")
+            per_step = (time.perf_counter() - run_started) / max(step - run_first_step, 1)
+            eta = int(per_step * (total_steps - step))
+            print(f"epoch {epoch}/{t.epochs}: d_loss {means[0]:.4f}, g_loss {means[1]:.4f}, "
+                  f"d_acc real {means[2]:.2f} fake {means[3]:.2f}, {images_per_sec:.0f} img/s, "
+                  f"eta {eta // 60}m{eta % 60:02d}s")
             step_in_epoch, sums = 0, np.zeros(4)
             if epoch % params.sample.every_epochs == 0 or epoch == t.epochs:
                 snapshot = paths.snapshots / f"generator_epoch_{epoch:04d}.npz"
