@@ -144,9 +144,9 @@ def ours(params, seconds: float, workdir: Path, steps_hint: int) -> float:
 
 def case(name: str, seconds: float):
     if name == "mlp":
-        raw = load_raw(REPO / "presets" / "mnist-mlp.yaml")
-    elif name == "dcgan28":
         raw = load_raw(REPO / "params.yaml")
+    elif name == "dcgan28":
+        raw = load_raw(REPO / "presets" / "mnist-dcgan.yaml")
     else:
         raw = load_raw(REPO / "presets" / "folder-128.yaml")
     raw["data"]["source"] = "folder"
