@@ -146,8 +146,13 @@ def _assert_same_state(a: dict, b: dict):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_resume_gives_the_same_weights(project, tmp_path_factory):
-    straight = project(train={"epochs": 2})
+@pytest.mark.parametrize("variant", [
+    {},  # the tiny DCGAN, one step per call
+    {"model": {"arch": "mlp"}, "train": {"jit_compile": True, "steps_per_call": 2, "steps_per_epoch": 5}},
+], ids=["dcgan", "mlp-xla-chunks"])
+def test_resume_gives_the_same_weights(project, tmp_path_factory, variant):
+    override = {**variant, "train": {**variant.get("train", {}), "epochs": 2}}
+    straight = project(**override)
     assert run_stage(straight, "train").returncode == 0
     reference = _final_state(straight)
 
