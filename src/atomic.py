@@ -54,10 +54,27 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
         faults.point(f"atomic/{path.as_posix()}")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):
+            # A full disk fails write()/flush() with no file name: say which output it was.
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that killed runs left in ``folder`` (see :func:`atomic_open`).
+
+    Call it only where no other process is writing (a stage's own output folders).
+    """
+    removed = 0
+    for entry in os.scandir(folder) if os.path.isdir(folder) else ():
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -74,10 +91,21 @@ def write_json(path: str | os.PathLike, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+class _Stream:
+    """Only ``write`` of a file: NumPy then streams the array through it in chunks.
+
+    On a real file NumPy uses ``ndarray.tofile``, which reports a full disk as
+    "N requested and M written" with no errno and no file name.
+    """
+
+    def __init__(self, handle: io.IOBase):
+        self.write = handle.write
+
+
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Save one array as ``.npy`` atomically (no pickle: object arrays are refused)."""
     with atomic_open(path, "wb") as handle:
-        np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
+        np.lib.format.write_array(_Stream(handle), np.asarray(array), allow_pickle=False)
 
 
 def save_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:

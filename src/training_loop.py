@@ -22,7 +22,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from src import checkpoint, faults, runtime
-from src.atomic import save_arrays, write_json, write_text
+from src.atomic import remove_stale_temps, save_arrays, write_json, write_text
 from src.config import Params, to_dict
 from src.dataset import open_shards
 from src.errors import UserError
@@ -362,6 +362,7 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
     for folder in (paths.checkpoints, paths.snapshots, paths.log.parent):
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(folder)  # a killed run's half-written checkpoint or snapshot
     log_rows = _read_log(paths.log, epoch)
     write_json(paths.environment, env)
     write_json(paths.checkpoints / "config.json", {"params": to_dict(params), "environment": env})

@@ -28,8 +28,10 @@ STAGES = ("preprocess", "train", "sample", "classifier", "evaluate")
 RUNNING = re.compile(r"Running stage '([^']+)'")
 TIMEOUT = 900  # seconds for one dvc command; a tiny run takes well under a minute per stage
 
+# Overrides of the repository's params.yaml (whichever MNIST model it defaults to: both shrunk).
 TINY_MNIST = {
-    "model": {"dcgan": {"g_filters": [16, 8], "d_filters": [8, 16]}},
+    "model": {"dcgan": {"g_filters": [16, 8], "d_filters": [8, 16]},
+              "mlp": {"g_units": [32, 64], "d_units": [64, 32]}},
     "train": {"epochs": 4, "steps_per_epoch": 2, "batch_size": 16, "checkpoint_every": 2},
     "sample": {"every_epochs": 2},
     "evaluate": {"num_samples": 64, "batch_size": 32, "kid_subsets": 2, "kid_subset_size": 32,
@@ -65,16 +67,23 @@ class Project:
         self.root = root
         self.env = _env(site_cache)
 
-    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *cmd: str, check: bool = True, merged: bool = True) -> subprocess.CompletedProcess:
+        """Run ``cmd`` here; ``merged``: stderr into stdout (else apart, for JSON on stdout)."""
         proc = subprocess.run(list(cmd), cwd=self.root, env=self.env, text=True, timeout=TIMEOUT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE)
         if check and proc.returncode != 0:
             raise AssertionError(f"`{' '.join(cmd)}` in {self.root} exited {proc.returncode}:\n"
-                                 f"{proc.stdout[-6000:]}")
+                                 f"{proc.stdout[-6000:]}{proc.stderr or ''}")
         return proc
 
     def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def dvc_json(self, *args: str):
+        """A dvc command's ``--json`` answer (warnings go to stderr and must not be there)."""
+        proc = self.run(sys.executable, "-m", "dvc", *args, "--json", merged=False)
+        assert "failed to load" not in proc.stderr, proc.stderr
+        return json.loads(proc.stdout)
 
     def git(self, *args: str) -> subprocess.CompletedProcess:
         return self.run("git", *args)
@@ -85,7 +94,7 @@ class Project:
         return set(RUNNING.findall(out)), out
 
     def status_json(self) -> dict:
-        return json.loads(self.dvc("status", "--json").stdout.strip().splitlines()[-1])
+        return self.dvc_json("status")
 
     def params(self) -> dict:
         return yaml.safe_load((self.root / "params.yaml").read_text())
@@ -182,10 +191,28 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+PLOT_IDS = ["Losses", "Discriminator_accuracy", "Throughput__images_per_second_", "outputs_eval_curve_tsv"]
+
+
+def check_plots_page(project: Project, *revs: str) -> str:
+    """`dvc plots show` (or `diff` of ``revs``): dvc.yaml's plots only, each once; the page's HTML."""
+    out_dir = project.root.parent / f"{project.root.name}-plots"  # outside the git work tree
+    shutil.rmtree(out_dir, ignore_errors=True)
+    args = ("plots", "diff", *revs) if revs else ("plots", "show")
+    project.dvc(*args, "-o", str(out_dir))
+    html = (out_dir / "index.html").read_text()
+    assert re.findall(r"vegaEmbed\('#([^']+)'", html) == PLOT_IDS
+    images = sorted(p.name for p in (out_dir / "static").iterdir())
+    want = sorted(f"{rev}_outputs_samples_{name}" for rev in (revs or ("workspace",))
+                  for name in ("progress.png", "progress.gif"))
+    assert images == want
+    return html
+
+
 # ---------------------------------------------------------------------------- the shared project
 @pytest.fixture(scope="module")
 def mnist(tmp_path_factory):
-    """The MNIST preset on tiny data, reproduced once; (project, output of the first repro)."""
+    """The MNIST preset on tiny data, reproduced once and committed: (project, stages run, repro output)."""
     base = tmp_path_factory.mktemp("pipeline")
     project = make_project(base / "project", base / "dvc-site-cache", repo_params(**TINY_MNIST))
     ran, out = project.repro()
@@ -226,7 +253,9 @@ def test_mnist_pipeline_end_to_end(mnist):
     log = (outputs / "train_log" / "metrics.tsv").read_text().splitlines()
     assert log[0].split("\t")[:4] == ["epoch", "step", "d_loss", "g_loss"] and len(log) == 1 + 4
     env = json.loads((outputs / "environment.json").read_text())
-    assert env["tensorflow"] and env["jit_compile"] is False and env["mixed_precision"] == "none"
+    train = project.params()["train"]
+    assert env["tensorflow"] and env["replicas"] == 1 and env["gpus"] == []
+    assert env["jit_compile"] == train["jit_compile"] and env["mixed_precision"] == train["mixed_precision"]
 
 
 def test_repro_again_reruns_nothing(mnist):
@@ -241,6 +270,12 @@ def test_repro_again_reruns_nothing(mnist):
     assert project.status_json() == {}
 
 
+def test_plots_page(mnist):
+    project, _, _ = mnist
+    html = check_plots_page(project)
+    assert '"fid"' in html and '"d_loss"' in html
+
+
 @pytest.mark.parametrize("key, old, new, expected", [
     ("sample.count", 32, 8, {"sample"}),
     ("evaluate.num_samples", 64, 48, {"evaluate"}),
@@ -249,9 +284,9 @@ def test_repro_again_reruns_nothing(mnist):
 def test_changing_one_param_reruns_only_its_readers(mnist, key, old, new, expected):
     project, _, _ = mnist
     project.set_param(key, new)
-    # the change is visible to DVC exactly: one key, old and new value
-    diff = json.loads(project.dvc("params", "diff", "--json").stdout)
-    assert diff == {"params.yaml": {key: {"old": old, "new": new}}}
+    # the change is visible to DVC exactly: one key, its old and new value
+    diff = project.dvc_json("params", "diff")
+    assert diff == {"params.yaml": {key: {"old": old, "new": new, "diff": new - old}}}
     ran, out = project.repro()
     assert ran == expected, out
     for stage in set(STAGES) - expected:
@@ -264,12 +299,13 @@ def test_changing_one_param_reruns_only_its_readers(mnist, key, old, new, expect
         assert sum(n.startswith("generated_image_epoch_0002_") for n in _files(samples)) == 8
     if key == "evaluate.num_samples":
         assert project.metrics()["num_samples"] == 48
-        mdiff = json.loads(project.dvc("metrics", "diff", "HEAD~1", "--json").stdout)
+        mdiff = project.dvc_json("metrics", "diff", "HEAD~1")  # old values come from the DVC cache
         assert mdiff["outputs/metrics.json"]["num_samples"] == {"old": 64, "new": 48, "diff": -16}
     if key == "train.epochs":  # continued from the epoch-4 checkpoint to epoch 6
         assert "generator_epoch_0006.npz" in _files(project.root / "outputs" / "snapshots")
         log = (project.root / "outputs" / "train_log" / "metrics.tsv").read_text().splitlines()
         assert [line.split("\t")[0] for line in log[1:]] == ["1", "2", "3", "4", "5", "6"]
+        check_plots_page(project, "HEAD~1", "HEAD")  # two runs side by side
 
 
 def test_remote_round_trip(mnist, tmp_path):
@@ -329,6 +365,7 @@ def test_folder_preset_end_to_end(tmp_path):
     assert "fid" not in metrics
     curve = (root / "outputs" / "eval_curve.tsv").read_text().splitlines()
     assert curve[0] == "epoch\tswd" and len(curve) == 3
+    assert '"swd"' in check_plots_page(project)
 
     ran, out = project.repro()
     assert ran == set(), out
