@@ -47,13 +47,17 @@ def save(folder: Path, arrays: dict[str, np.ndarray], meta: dict, keep: int) -> 
     return path
 
 
-def load_latest(folder: Path) -> tuple[dict[str, np.ndarray], dict, Path] | None:
-    """The newest checkpoint that reads back whole, or ``None``.
+def load_latest(folder: Path, max_epoch: int | None = None) -> tuple[dict[str, np.ndarray], dict, Path] | None:
+    """The newest checkpoint that reads back whole (and ends by ``max_epoch``), or ``None``.
 
     A damaged file (for example from a disk that filled up) is reported and skipped, so
-    training resumes from the one before it.
+    training resumes from the one before it. ``max_epoch`` skips checkpoints past it, so
+    lowering ``train.epochs`` reuses an earlier checkpoint instead of starting over.
     """
     for path in reversed(list_checkpoints(folder)):
+        epoch, step = (int(g) for g in _NAME.match(path.name).groups())
+        if max_epoch is not None and epoch > max_epoch:
+            continue
         try:
             arrays = load_arrays(path)
             meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))

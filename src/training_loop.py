@@ -342,13 +342,13 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
     # -- resume or start fresh ------------------------------------------------------------
     new_print = fingerprint(params, manifest)
     epoch, step_in_epoch, step, sums = 0, 0, 0, np.zeros(4)
-    found = checkpoint.load_latest(paths.checkpoints)
+    found = checkpoint.load_latest(paths.checkpoints, max_epoch=t.epochs)
     if found is not None:
         arrays, meta, path = found
         changed = _changed_keys(meta["fingerprint"], new_print)
         if changed:
             print(f"train: params changed since {path} ({', '.join(changed[:6])}); starting fresh")
-        elif meta["epoch"] > t.epochs:
+        elif meta["epoch"] == t.epochs and meta["step_in_epoch"]:
             print(f"train: {path} is past train.epochs={t.epochs}; starting fresh")
         else:
             gan.load_state(arrays, str(path))
@@ -360,6 +360,15 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
     if found is None:
         for folder in (paths.checkpoints, paths.snapshots):
             shutil.rmtree(folder, ignore_errors=True)
+    else:
+        # Files from past the resume point (a run with more epochs) are not this run's: the
+        # training below writes them again, identical, if it gets that far.
+        for old in checkpoint.list_checkpoints(paths.checkpoints):
+            if old.name > found[2].name:
+                old.unlink()
+        for old in paths.snapshots.glob("generator_epoch_*.npz"):
+            if int(old.stem.rsplit("_", 1)[1]) > epoch:
+                old.unlink()
     for folder in (paths.checkpoints, paths.snapshots, paths.log.parent):
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(folder)  # a killed run's half-written checkpoint or snapshot

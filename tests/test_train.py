@@ -271,3 +271,17 @@ def test_tampered_shard_is_reported_before_training(project):
     assert result.returncode == 2
     assert "shard_00000.npy" in result.stderr and "Traceback" not in result.stderr
     assert not (root / PATHS["checkpoints"]).exists()
+
+
+def test_lower_epochs_resumes_from_an_earlier_checkpoint(project):
+    """Lowering train.epochs reuses the checkpoint at the new end, drops later files, and
+    gives the same weights as a run that stopped there."""
+    root = project(train={"epochs": 3, "keep_checkpoints": 5})
+    paths = _paths(root)
+    train(tiny_params(train={"epochs": 3, "keep_checkpoints": 5}), root / "data" / "processed", paths)
+    at_two = load_arrays(paths.checkpoints / checkpoint.checkpoint_name(2, 6))
+    summary = train(tiny_params(train={"epochs": 2, "keep_checkpoints": 5}), root / "data" / "processed", paths)
+    assert summary["epoch"] == 2
+    assert [p.name for p in checkpoint.list_checkpoints(paths.checkpoints)][-1] == checkpoint.checkpoint_name(2, 6)
+    assert sorted(p.name for p in paths.snapshots.iterdir()) == ["generator_epoch_0001.npz", "generator_epoch_0002.npz"]
+    _assert_same_state(at_two, load_arrays(checkpoint.list_checkpoints(paths.checkpoints)[-1]))
