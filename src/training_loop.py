@@ -395,27 +395,33 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
     shape = (params.data.image_size, params.data.image_size, params.data.channels)
     local_batch = t.batch_size // strategy.num_replicas_in_sync
 
-    def epoch_dataset(epoch_index: int, skip_steps: int):
-        order = epoch_order(params.common.seed, epoch_index, reader.count, steps_per_epoch * t.batch_size)
-        order = order.reshape(steps_per_epoch, t.batch_size)
+    def run_dataset(first_epoch: int, skip_steps: int):
+        """Every remaining chunk of the run, in order, as one input pipeline.
 
+        One pipeline for the whole run (not one per epoch) keeps the prefetch buffer full
+        across epoch boundaries. Epoch ``e`` draws its order from ``(seed, e)`` alone, so a
+        resumed run reads exactly the batches an uninterrupted one would.
+        """
         def dataset_fn(context: tf.distribute.InputContext):
             local = strategy.num_replicas_in_sync // context.num_input_pipelines
             replicas = range(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
 
             def chunks():
-                start = 0
-                for n in chunk_steps:
-                    if start >= skip_steps:
-                        for r in replicas:  # consecutive elements go to consecutive local replicas
-                            rows = order[start:start + n, r * local_batch:(r + 1) * local_batch]
-                            yield reader.gather(rows.reshape(-1))
-                    start += n
+                for epoch_index in range(first_epoch, t.epochs):
+                    order = epoch_order(params.common.seed, epoch_index, reader.count, steps_per_epoch * t.batch_size)
+                    order = order.reshape(steps_per_epoch, t.batch_size)
+                    start = 0
+                    for n in chunk_steps:
+                        if epoch_index > first_epoch or start >= skip_steps:
+                            for r in replicas:  # consecutive elements go to consecutive local replicas
+                                rows = order[start:start + n, r * local_batch:(r + 1) * local_batch]
+                                yield reader.gather(rows.reshape(-1))
+                        start += n
 
             spec = tf.TensorSpec((None,) + shape, tf.float32)
             return tf.data.Dataset.from_generator(chunks, output_signature=spec).prefetch(2)
 
-        return strategy.distribute_datasets_from_function(dataset_fn)
+        return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
     if step_in_epoch and step_in_epoch not in np.cumsum(chunk_steps):
         raise UserError(f"{paths.checkpoints}: the checkpoint stopped mid-epoch at a step that train.steps_per_call "
@@ -428,11 +434,13 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
           f"XLA {'on' if t.jit_compile else 'off'}, precision {t.mixed_precision}; "
           f"epoch {epoch} of {t.epochs}, {steps_per_epoch} steps of {t.batch_size} images each")
     run_started, run_first_step = time.perf_counter(), step
+    batches = run_dataset(epoch, step_in_epoch) if epoch < t.epochs else None
     with _StopRequest() as stop, bar:
         while epoch < t.epochs:
             started = time.perf_counter()
             steps_before = step_in_epoch
-            for dist_images in epoch_dataset(epoch, step_in_epoch):
+            while step_in_epoch < steps_per_epoch:
+                dist_images = next(batches)
                 n = chunk_steps[int(np.searchsorted(np.cumsum(chunk_steps), step_in_epoch, side="right"))]
                 chunk_sums, bad = gan.train_chunk(dist_images, step, n)
                 if bad >= 0:
