@@ -140,6 +140,12 @@ def _final_state(project_dir: Path) -> dict:
     return found[0]
 
 
+def _copy_project(source: Path, target: Path) -> Path:
+    for item in ("params.yaml", "data"):
+        subprocess.run(["cp", "-r", str(source / item), str(target)], check=True)
+    return target
+
+
 def _assert_same_state(a: dict, b: dict):
     assert sorted(a) == sorted(b)
     for key in a:
@@ -156,9 +162,7 @@ def test_resume_gives_the_same_weights(project, tmp_path_factory, variant):
     assert run_stage(straight, "train").returncode == 0
     reference = _final_state(straight)
 
-    other = tmp_path_factory.mktemp("resumed")
-    for item in ("params.yaml", "data"):
-        subprocess.run(["cp", "-r", str(straight / item), str(other)], check=True)
+    other = _copy_project(straight, tmp_path_factory.mktemp("resumed"))
     text = (other / "params.yaml").read_text()
     (other / "params.yaml").write_text(text.replace("epochs: 2", "epochs: 1"))
     assert run_stage(other, "train").returncode == 0
@@ -177,9 +181,7 @@ def test_killed_run_resumes_to_the_same_weights(project, tmp_path_factory):
     assert run_stage(straight, "train").returncode == 0
     reference = _final_state(straight)
 
-    killed = tmp_path_factory.mktemp("killed")
-    for item in ("params.yaml", "data"):
-        subprocess.run(["cp", "-r", str(straight / item), str(killed)], check=True)
+    killed = _copy_project(straight, tmp_path_factory.mktemp("killed"))
     import os
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py")], cwd=killed, env=env,
@@ -251,9 +253,7 @@ def test_model_param_change_starts_fresh(project):
 
 def test_same_params_same_checkpoint_bytes(project, tmp_path_factory):
     a = project(train={"epochs": 1})
-    b = tmp_path_factory.mktemp("b")
-    for item in ("params.yaml", "data"):
-        subprocess.run(["cp", "-r", str(a / item), str(b)], check=True)
+    b = _copy_project(a, tmp_path_factory.mktemp("b"))
     for root in (a, b):
         assert run_stage(root, "train").returncode == 0
     files_a = checkpoint.list_checkpoints(a / PATHS["checkpoints"])
