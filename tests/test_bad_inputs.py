@@ -405,7 +405,7 @@ def _python_files() -> list[Path]:
 
 
 UNSAFE = [
-    (r"allow_pickle\s*=\s*True", "allow_pickle=True"),
+    (r"allow_pickle\s*=\s*True", "allow_pickle set to " "True"),
     (r"^\s*(import|from)\s+(c?pickle|_pickle|dill|cloudpickle|joblib|shelve|marshal)\b", "a pickle-like import"),
     (r"\b(pd|pandas)\.read_pickle\b", "pandas.read_pickle"),
     (r"\btorch\.load\b", "torch.load"),
