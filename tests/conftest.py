@@ -100,3 +100,32 @@ def run_stage(project_dir: Path, stage: str, timeout: float = 300, **kwargs):
 
 def clean_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def draw_digits(n: int, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` digit-like uint8 images (N, size, size) drawn with Pillow's font, and their labels."""
+    from PIL import Image, ImageDraw, ImageFont
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    font = ImageFont.load_default(size=20 * size // 28)
+    out = np.zeros((n, size, size), np.uint8)
+    for i, label in enumerate(labels):
+        img = Image.new("L", (size, size), 0)
+        ImageDraw.Draw(img).text((size / 2 + rng.normal(0, 1), size / 2 + rng.normal(0, 1)), str(label),
+                                 fill=255, font=font, anchor="mm")
+        out[i] = np.asarray(img)
+    return out, labels
+
+
+def bomb_png(path: Path, side: int = 20000) -> None:
+    """A valid 1-bit PNG far above Pillow's pixel limit, a few kB on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    comp = zlib.compressobj(9)
+    rows = b"".join(comp.compress(b"\x00" * (1 + side // 8) * 500) for _ in range(side // 500)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))

@@ -30,7 +30,7 @@ import yaml
 from PIL import Image
 
 import src.preprocess as prep
-from conftest import REPO, run_stage
+from conftest import REPO, bomb_png, run_stage
 from src import config, images
 from src.atomic import sha256_file, write_json
 from src.config import DataParams
@@ -42,20 +42,6 @@ STAGES = ("preprocess", "train", "sample", "classifier", "evaluate")
 
 
 # ============================================================================ bad data
-def _bomb_png(path: Path, side: int = 20000) -> None:
-    """A valid 1-bit PNG far above Pillow's pixel limit, a few kB on disk."""
-    import struct
-    import zlib
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    comp = zlib.compressobj(9)
-    rows = b"".join(comp.compress(b"\x00" * (1 + side // 8) * 500) for _ in range(side // 500)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
-
-
 def _encoded(image: Image.Image, fmt: str, **kw) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **kw)
@@ -124,7 +110,7 @@ def make_corpus(folder: Path) -> tuple[Path, dict, dict]:
     (folder / "truncated.png").write_bytes(_encoded(noise, "PNG")[:3000])
     (folder / "zero_bytes.png").write_bytes(b"")
     (folder / "text_named.png").write_text("this is not a picture\n")
-    _bomb_png(folder / "bomb.png")
+    bomb_png(folder / "bomb.png")
     os.symlink("symlink_loop.png", folder / "symlink_loop.png")
     os.symlink("nowhere/missing.png", folder / "dangling_link.png")
     os.mkfifo(folder / "fifo.png")

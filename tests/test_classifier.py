@@ -3,23 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+
+from conftest import draw_digits  # noqa: E402
 
 from src.config import ClassifierParams
 from src.metrics import classifier as cls
-
-
-def draw_digits(n: int, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n)
-    font = ImageFont.load_default(size=20)
-    out = np.zeros((n, size, size), np.uint8)
-    for i, label in enumerate(labels):
-        img = Image.new("L", (size, size), 0)
-        ImageDraw.Draw(img).text((size / 2 + rng.normal(0, 1), size / 2 + rng.normal(0, 1)), str(label),
-                                 fill=255, font=font, anchor="mm")
-        out[i] = np.asarray(img)
-    return out, labels
 
 
 TINY = ClassifierParams(epochs=1, batch_size=32, learning_rate=3e-3)

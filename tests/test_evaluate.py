@@ -9,7 +9,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+
+from conftest import draw_digits  # noqa: E402
 
 from src import evaluate as ev
 from src.config import parse_params
@@ -19,19 +20,6 @@ from src.metrics import inception
 
 FEW = {"num_samples": 200, "batch_size": 100, "kid_subsets": 10, "kid_subset_size": 50,
        "swd_patches_per_image": 8, "swd_projections": 32, "curve_samples": 100}
-
-
-def draw_digits(n: int, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n)
-    font = ImageFont.load_default(size=20 * size // 28)
-    out = np.zeros((n, size, size), np.uint8)
-    for i, label in enumerate(labels):
-        img = Image.new("L", (size, size), 0)
-        ImageDraw.Draw(img).text((size / 2 + rng.normal(0, 1), size / 2 + rng.normal(0, 1)), str(label),
-                                 fill=255, font=font, anchor="mm")
-        out[i] = np.asarray(img)
-    return out, labels
 
 
 class StubGenerator:

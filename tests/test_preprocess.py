@@ -4,10 +4,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 from PIL import Image
 
 import src.preprocess as prep
+from conftest import bomb_png
 from src.atomic import sha256_file
 from src.config import DataParams, to_dict
 from src.dataset import open_shards, read_manifest
@@ -25,17 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 GOOD = ("a.png", "b/c.JPG", "d e.gif", "f.webp")
 BROKEN = {"empty.png": "zero bytes", "text.png": "not an image", "trunc.jpg": "truncated or corrupt",
           "trunc.png": "truncated or corrupt", "bomb.png": "decompression bomb"}
-
-
-def bomb_png(path, side=20000):
-    """A real 1-bit PNG above twice Pillow's pixel limit, a few kB on disk."""
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    comp = zlib.compressobj(9)
-    rows = b"".join(comp.compress(b"\x00" * (1 + side // 8) * 500) for _ in range(side // 500)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
 def make_folder(root: Path) -> Path:
