@@ -6,7 +6,11 @@ Both families follow the original scripts, with their sizes taken from ``params.
   Dense to pixels -> reshape. Discriminator: Flatten -> Dense/LeakyReLU blocks -> 1.
 - ``dcgan``: the convolutional GAN. Generator: latent -> Dense -> reshape -> stride-2
   Conv2DTranspose blocks with BatchNorm -> image. Discriminator: stride-2 Conv2D blocks
-  with LeakyReLU and Dropout -> 1.
+  with LeakyReLU and Dropout -> 1. Options for small folders (``model.dcgan``):
+  ``upsample: nearest|bilinear`` (resize, then a 3x3 convolution: no checkerboard),
+  ``spectral_norm`` (every discriminator weight divided by its largest singular value,
+  Miyato et al. 2018) and ``minibatch_std`` (the spread of D's features over the batch
+  as one more feature map, Karras et al. 2018: a collapsed generator is easy to spot).
 
 Discriminators return logits (the losses apply the sigmoid in a numerically stable way).
 The generator's last activation follows the data range: tanh for [-1, 1], sigmoid for
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras import layers
+from keras import layers, ops
 
 from src.atomic import load_arrays
 from src.config import DataParams, ModelParams, Params
@@ -53,6 +57,66 @@ def _mlp_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
     return keras.Model(image, layers.Dense(1, dtype="float32")(x), name="discriminator")
 
 
+# ---------------------------------------------------------------------------- layers
+def _spectral_normalized(kernel, u, training):
+    """``kernel`` / its largest singular value, estimated by one power iteration from ``u``.
+
+    ``u`` (1, out) persists across steps (updated only when training), so one iteration a
+    step tracks the singular vector as the weights move. Gradients flow through the
+    division, not through the power iteration (as in the paper's reference code).
+    """
+    w = ops.reshape(ops.cast(kernel, "float32"), (-1, kernel.shape[-1]))     # (in, out)
+    u_value = ops.stop_gradient(ops.convert_to_tensor(u))
+    v = _l2_normalize(ops.matmul(u_value, ops.transpose(w)))                   # (1, in)
+    u_new = ops.stop_gradient(_l2_normalize(ops.matmul(v, w)))                # (1, out)
+    v = ops.stop_gradient(v)
+    sigma = ops.sum(ops.matmul(v, w) * u_new)
+    if training:
+        u.assign(u_new)
+    return ops.cast(kernel / sigma, kernel.dtype)
+
+
+def _l2_normalize(x):
+    return x / ops.sqrt(ops.sum(ops.square(x)) + 1e-12)
+
+
+class SNConv2D(layers.Conv2D):
+    """Conv2D whose kernel is spectrally normalized in every call."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.sn_u = self.add_weight(shape=(1, self.filters), initializer="random_normal", trainable=False,
+                                    name="sn_u", aggregation="only_first_replica")
+
+    def call(self, inputs, training=None):
+        outputs = self.convolution_op(inputs, _spectral_normalized(self.kernel, self.sn_u, training))
+        return ops.add(outputs, ops.reshape(self.bias, (1, 1, 1, self.filters))) if self.use_bias else outputs
+
+
+class SNDense(layers.Dense):
+    """Dense whose kernel is spectrally normalized in every call."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.sn_u = self.add_weight(shape=(1, self.units), initializer="random_normal", trainable=False,
+                                    name="sn_u", aggregation="only_first_replica")
+
+    def call(self, inputs, training=None):
+        x = ops.matmul(inputs, _spectral_normalized(self.kernel, self.sn_u, training))
+        return ops.add(x, self.bias) if self.bias is not None else x
+
+
+class MinibatchStdDev(layers.Layer):
+    """Appends one feature map: the mean over features of the std over the batch."""
+
+    def call(self, x):
+        x32 = ops.cast(x, "float32")
+        std = ops.sqrt(ops.var(x32, axis=0) + 1e-8)
+        feature = ops.ones_like(x32[..., :1]) * ops.mean(std)
+        return ops.concatenate([x, ops.cast(feature, x.dtype)], axis=-1)
+
+
+# ---------------------------------------------------------------------------- dcgan
 def _dcgan_generator(model: ModelParams, data: DataParams) -> keras.Model:
     p = model.dcgan
     start = data.image_size // 2 ** len(p.g_filters)
@@ -66,10 +130,16 @@ def _dcgan_generator(model: ModelParams, data: DataParams) -> keras.Model:
     x = layers.Dense(start * start * p.g_filters[0], use_bias=False)(z)
     x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
     x = layers.Reshape((start, start, p.g_filters[0]))(x)
+    def upsample(x, filters, **kwargs):
+        if p.upsample == "transpose":
+            return layers.Conv2DTranspose(filters, p.kernel_size, strides=2, padding="same", **kwargs)(x)
+        x = layers.UpSampling2D(2, interpolation=p.upsample)(x)
+        return layers.Conv2D(filters, 3, padding="same", **kwargs)(x)
+
     for filters in p.g_filters[1:]:
-        x = layers.Conv2DTranspose(filters, p.kernel_size, strides=2, padding="same", use_bias=False)(x)
+        x = upsample(x, filters, use_bias=False)
         x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
-    x = layers.Conv2DTranspose(data.channels, p.kernel_size, strides=2, padding="same", dtype="float32")(x)
+    x = upsample(x, data.channels, dtype="float32")
     image = layers.Activation(output_activation(data), dtype="float32")(x)
     return keras.Model(z, image, name="generator")
 
@@ -77,14 +147,17 @@ def _dcgan_generator(model: ModelParams, data: DataParams) -> keras.Model:
 def _dcgan_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
     p = model.dcgan
     image = keras.Input((data.image_size, data.image_size, data.channels), name="image")
+    conv, dense = (SNConv2D, SNDense) if p.spectral_norm else (layers.Conv2D, layers.Dense)
     x = image
-    for filters in p.d_filters:
-        x = layers.Conv2D(filters, p.kernel_size, strides=2, padding="same")(x)
+    for i, filters in enumerate(p.d_filters):
+        if p.minibatch_std and i == len(p.d_filters) - 1:
+            x = MinibatchStdDev()(x)
+        x = conv(filters, p.kernel_size, strides=2, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=p.leaky_slope)(x)
         if p.dropout > 0:
             x = layers.Dropout(p.dropout)(x)
     x = layers.Flatten()(x)
-    return keras.Model(image, layers.Dense(1, dtype="float32")(x), name="discriminator")
+    return keras.Model(image, dense(1, dtype="float32")(x), name="discriminator")
 
 
 def build_generator(model: ModelParams, data: DataParams) -> keras.Model:

@@ -1,9 +1,10 @@
 """Generator and discriminator shapes and output ranges for both families at several sizes."""
+import keras
 import numpy as np
 import pytest
 
 from conftest import tiny_params
-from src.networks import build_discriminator, build_generator
+from src.networks import SNConv2D, SNDense, _spectral_normalized, build_discriminator, build_generator
 
 SIZES = [  # (image_size, channels, g_filters, d_filters)
     (28, 1, [16, 8], [8, 16]),
@@ -43,3 +44,57 @@ def test_last_activation_follows_range():
 
 def _sections(params):
     return params.model, params.data
+
+
+# ---------------------------------------------------------------------------- small-folder options
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
+@pytest.mark.parametrize("size,channels,g_filters,d_filters", SIZES[1:3])
+def test_resize_upsampling_and_discriminator_options(upsample, size, channels, g_filters, d_filters):
+    params = tiny_params(data={"image_size": size, "channels": channels, "range": [0, 1]},
+                         model={"dcgan": {"g_filters": g_filters, "d_filters": d_filters, "upsample": upsample,
+                                          "spectral_norm": True, "minibatch_std": True, "dropout": 0.0}})
+    generator = build_generator(params.model, params.data)
+    assert not any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in generator.layers)
+    assert sum(isinstance(layer, keras.layers.UpSampling2D) for layer in generator.layers) == len(g_filters)
+    z = np.random.default_rng(0).standard_normal((3, params.model.latent_dim)).astype(np.float32)
+    images = np.asarray(generator(z, training=False))
+    assert images.shape == (3, size, size, channels) and images.min() >= 0 and images.max() <= 1
+    logits = np.asarray(build_discriminator(params.model, params.data)(images, training=True))
+    assert logits.shape == (3, 1) and np.isfinite(logits).all()
+
+
+def test_transposed_upsampling_is_the_default():
+    generator = build_generator(*_sections(tiny_params()))
+    assert sum(isinstance(layer, keras.layers.Conv2DTranspose) for layer in generator.layers) == 2
+
+
+@pytest.mark.parametrize("layer", ["dense", "conv"])
+def test_spectral_norm_bounds_the_largest_singular_value(layer):
+    """After a few power iterations the kernel actually used has spectral norm 1, whatever
+    the scale of the stored weights; the stored weights are left as they are."""
+    rng = np.random.default_rng(0)
+    if layer == "dense":
+        sn, x = SNDense(7), rng.normal(size=(4, 5)).astype(np.float32)
+    else:
+        sn, x = SNConv2D(6, 3, padding="same"), rng.normal(size=(2, 8, 8, 4)).astype(np.float32)
+    sn.build(x.shape)
+    sn.kernel.assign(sn.kernel * 25.0)
+    stored = np.array(sn.kernel.numpy())
+    for _ in range(30):
+        sn(x, training=True)
+    w = stored.reshape(-1, stored.shape[-1])
+    sigma = np.linalg.svd(w, compute_uv=False)[0]
+    used = np.asarray(_spectral_normalized(sn.kernel, sn.sn_u, False)).reshape(w.shape)
+    assert sigma > 2
+    assert np.linalg.svd(used, compute_uv=False)[0] == pytest.approx(1.0, rel=1e-3)
+    np.testing.assert_array_equal(sn.kernel.numpy(), stored)
+
+
+@pytest.mark.parametrize("minibatch_std", [False, True])
+def test_minibatch_std_makes_d_see_the_batch(minibatch_std):
+    params = tiny_params(model={"dcgan": {"minibatch_std": minibatch_std, "dropout": 0.0}})
+    discriminator = build_discriminator(params.model, params.data)
+    images = np.random.default_rng(1).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32)
+    alone = np.asarray(discriminator(images[:1], training=False))[0]
+    in_batch = np.asarray(discriminator(images, training=False))[0]
+    assert np.allclose(alone, in_batch, atol=1e-6) is (not minibatch_std)
