@@ -1,25 +1,61 @@
 # Two commands do everything on a fresh clone: `make repro` and `make test`.
-# Both create .venv from the pinned requirements.txt when it is missing or stale.
-VENV   := .venv
-PYTHON ?= python3
+# Both build .venv from the hash-locked requirements*.txt when it is missing or stale.
+# Direct dependencies are edited in requirements*.in; `make lock` regenerates the locks.
+VENV      := .venv
+PYTHON    ?= python3
+SUPPORTED := 3.11 3.12 3.13
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro test gpu bench preset
+# After `make gpu` the environment holds the CUDA build; a later rebuild keeps it.
+ifneq ($(wildcard $(VENV)/.gpu),)
+LOCK      := requirements-gpu.txt
+OTHER_TF  := tensorflow-cpu
+else
+LOCK      := requirements.txt
+OTHER_TF  := tensorflow
+endif
+INSTALL   := $(VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps
+# The Python that builds .venv must be one the pinned TensorFlow and NumPy have wheels for;
+# expanded right before a build, so a wrong one stops it with one line.
+PY_VERSION = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+CHECK_PY   = $(if $(filter $(SUPPORTED),$(PY_VERSION)),,$(error Python $(or $(PY_VERSION),not found) ($(PYTHON)) is not supported: the pinned TensorFlow 2.21 and NumPy 2.4 need Python $(SUPPORTED); run e.g. make PYTHON=python3.11))
 
-$(VENV)/.installed: requirements.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+.PHONY: repro test gpu cpu bench preset lock
+
+$(VENV)/.installed: $(LOCK)
+	$(CHECK_PY)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@# Both TensorFlow builds own the same tensorflow/ folder: never leave the other one in.
+	$(VENV)/bin/pip uninstall --quiet --quiet --yes $(OTHER_TF)
+	$(INSTALL) -r $(LOCK)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(INSTALL) -r requirements-dev.txt
 	touch $@
 
 repro: $(VENV)/.installed  ## run the whole pipeline on params.yaml
 	dvc repro
 
-test: $(VENV)/.installed   ## run the test suite
+test: $(VENV)/.installed-dev   ## run the test suite
 	python -m pytest -q tests
 
-gpu: $(VENV)/.installed    ## on a Linux GPU box: the CUDA build of the same TensorFlow
-	$(VENV)/bin/pip install --quiet "tensorflow[and-cuda]==2.21.0"
+gpu:  ## on a Linux GPU box: switch .venv (made if missing) to the CUDA build of the same TensorFlow
+	$(CHECK_PY)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip uninstall --quiet --quiet --yes tensorflow-cpu
+	$(INSTALL) -r requirements-gpu.txt
+	touch $(VENV)/.gpu $(VENV)/.installed
 	python -c "import tensorflow as tf; print('GPUs:', tf.config.list_physical_devices('GPU'))"
+
+cpu:  ## back from `make gpu` to the CPU build
+	rm -f $(VENV)/.gpu $(VENV)/.installed
+	$(MAKE) $(VENV)/.installed
+
+lock:  ## regenerate the hash-locked requirements*.txt from requirements*.in (needs pip-tools)
+	pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.txt requirements.in
+	pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev.txt requirements-dev.in
+	pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-gpu.txt requirements-gpu.in
 
 bench: $(VENV)/.installed  ## speed and memory figures (several minutes)
 	python benchmarks/bench_train.py
