@@ -158,6 +158,7 @@ class ClassifierParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     num_samples: int = _spec(10000, check=at_least(2))
+    worker_timeout: float = _spec(300.0, check=at_least(0.0))
     batch_size: int = _spec(500, check=at_least(1))
     kid_subsets: int = _spec(100, check=at_least(1))
     kid_subset_size: int = _spec(1000, check=at_least(2))

@@ -36,22 +36,27 @@ def _workers_in_tf_config() -> int:
     return sum(len(v) for k, v in cluster.items() if k in ("worker", "chief"))
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The ``tf.distribute`` strategy that ``train.strategy`` names."""
+def make_strategy(name: str, worker_timeout: float = 0) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy that ``train.strategy`` names.
+
+    Must run before TensorFlow does anything else in the process: the multi-worker
+    strategy configures collective ops, which TensorFlow allows only at start-up.
+    ``worker_timeout`` (seconds, 0 = none) bounds how long a worker waits for the others
+    in one exchange, so a dead worker ends the run with an error instead of a hang.
+    """
+    if name == "multi_worker" or (name == "auto" and _workers_in_tf_config() > 1):
+        if _workers_in_tf_config() < 1:
+            raise UserError("params key 'train.strategy' is multi_worker but TF_CONFIG names no workers")
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=worker_timeout or None)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
-        if _workers_in_tf_config() > 1:
-            name = "multi_worker"
-        elif len(gpus) > 1:
+        if len(gpus) > 1:
             name = "mirrored"
         elif len(gpus) == 1:
             name = "one_device"
         else:
             name = "default"
-    if name == "multi_worker":
-        if _workers_in_tf_config() < 1:
-            raise UserError("params key 'train.strategy' is multi_worker but TF_CONFIG names no workers")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
         # All GPUs; on a machine without one, every logical CPU device (how the tests run it).
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
@@ -61,16 +66,32 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the outputs: always, except on a multi-worker
+    strategy's non-chief workers (TF_CONFIG task ``chief``, or ``worker`` 0 when no chief)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def workers(strategy: tf.distribute.Strategy) -> int:
+    """How many processes train together (1 unless multi-worker)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return _workers_in_tf_config()
+    return 1
+
+
 def environment(train: TrainParams, strategy: tf.distribute.Strategy) -> dict:
     """What a teammate needs to tell why two runs differ."""
     return {
+        "workers": workers(strategy),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "devices": [d.name for d in tf.config.list_logical_devices()],
         "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
-        "strategy": type(strategy).__name__,
+        # MultiWorkerMirroredStrategy's class is named CollectiveAllReduceStrategy: say the documented name.
+        "strategy": "MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        else type(strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,
         "jit_compile": train.jit_compile,
         "mixed_precision": train.mixed_precision,

@@ -7,11 +7,14 @@ chunks of steps, logging each epoch and saving checkpoints and generator snapsho
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,7 +264,7 @@ def fingerprint(params: Params, manifest: dict) -> dict:
     and the sample schedule do not change the weights either.
     """
     train = {k: v for k, v in to_dict(params.train).items()
-             if k not in ("epochs", "checkpoint_every", "keep_checkpoints")}
+             if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout")}
     shards = [s["sha256"] for s in manifest["shards"]]
     data = {k: v for k, v in to_dict(params.data).items() if k in ("image_size", "channels", "range")}
     return {"common": to_dict(params.common), "data": data, "model": to_dict(params.model),
@@ -329,7 +332,6 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
     manifest, shards = open_shards(processed, verify=True)
     _check_shapes(params, manifest, processed)
     runtime.configure(t, params.common.seed)
-    strategy = runtime.make_strategy(t.strategy)
     if t.batch_size % strategy.num_replicas_in_sync:
         raise UserError(f"params key 'train.batch_size' must be a multiple of the {strategy.num_replicas_in_sync} "
                         f"replicas; got {t.batch_size}")
@@ -341,8 +343,46 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
 
     # -- resume or start fresh ------------------------------------------------------------
     new_print = fingerprint(params, manifest)
+    # The first TensorFlow call: a multi-worker strategy must be set up before any other op.
+    strategy = runtime.make_strategy(t.strategy, t.worker_timeout)
+    if t.jit_compile and runtime.workers(strategy) > 1 and not tf.config.list_logical_devices("GPU"):
+        raise UserError("params key 'train.jit_compile' must be false for multi-worker training on CPUs "
+                        "(TensorFlow's XLA has no collectives for CPU devices); GPU workers may keep it true")
+    try:
+        if runtime.is_chief(strategy):
+            return _train(params, strategy, manifest, shards, paths, paths.checkpoints)
+        # A non-chief worker computes what the chief does (it takes part in every exchange)
+        # but writes nothing of the outputs: its copies go to a scratch folder, removed at the
+        # end (and at the next start, after a kill). It resumes from the shared checkpoints.
+        task = strategy.cluster_resolver
+        where = hashlib.sha256(str(paths.checkpoints.resolve()).encode()).hexdigest()[:12]
+        scratch = Path(tempfile.gettempdir()) / f"gan-train-{task.task_type}{task.task_id}-{where}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            own = TrainPaths(**{f.name: scratch / getattr(paths, f.name).name for f in dataclasses.fields(TrainPaths)})
+            return _train(params, strategy, manifest, shards, own, paths.checkpoints)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except _LOST_WORKER as exc:
+        if runtime.workers(strategy) < 2:
+            raise
+        detail = (re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(exc)).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"train: lost contact with another worker ({type(exc).__name__}: {detail}); "
+                        "restart every worker: `dvc repro` on the chief resumes from the newest checkpoint "
+                        f"in {paths.checkpoints}") from None
+
+
+# What a collective exchange raises when a peer is gone or does not answer within train.worker_timeout.
+_LOST_WORKER = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                tf.errors.AbortedError)
+
+
+def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, shards: list, paths: TrainPaths,
+           resume_from: Path) -> dict:
+    """The body of :func:`train`: writes to ``paths``, resumes from ``resume_from``."""
+    t = params.train
     epoch, step_in_epoch, step, sums = 0, 0, 0, np.zeros(4)
-    found = checkpoint.load_latest(paths.checkpoints, max_epoch=t.epochs)
+    found = checkpoint.load_latest(resume_from, max_epoch=t.epochs)
     if found is not None:
         arrays, meta, path = found
         changed = _changed_keys(meta["fingerprint"], new_print)
