@@ -169,6 +169,7 @@ class EvaluateParams:
     curve_samples: int = _spec(2000, check=at_least(2))
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
 
+    display_pixels: int = _spec(112, check=between(0, 4096))
 
 @dataclass(frozen=True)
 class Params:

@@ -4,10 +4,15 @@ For every snapshot ``generator_epoch_XXXX.npz`` the same fixed latent batch (dra
 ``common.seed``) is pushed through that snapshot's generator, so image ``Y`` of every
 epoch shows the same latent point and one digit can be followed across training:
 
-- ``generated_image_epoch_XXXX_Y.png``: each image (``Y`` = 0 .. sample.count - 1)
+- ``generated_image_epoch_XXXX_Y.png``: each image (``Y`` = 0 .. sample.count - 1), at the
+  true resolution
 - ``grid_epoch_XXXX.png``: all of them, ``sample.grid_columns`` per row
 - ``progress.png``: one row per snapshot (epoch order), the first ``sample.progress_columns``
   latent points; ``progress.gif``: the grids as an animation
+
+Grids and the progress pictures show each image enlarged by a whole factor (nearest
+neighbour: every pixel becomes a k x k block, nothing is smoothed) to at least
+``sample.display_pixels`` pixels, so 28-pixel digits are not stamps in a viewer.
 
 Incremental: ``index.json`` records each rendered snapshot's sha256 and the params that
 shape rendering; an unchanged snapshot is skipped, the images of a snapshot that is gone
@@ -44,13 +49,27 @@ INDEX_VERSION = 1
 
 
 # ---------------------------------------------------------------------------- images
-def make_grid(images: np.ndarray, columns: int, pad: int = PAD, pad_value: int = PAD_VALUE) -> np.ndarray:
+def display_scale(image_size: int, display_pixels: int) -> int:
+    """The whole factor that brings ``image_size`` to at least ``display_pixels`` (1 if already there)."""
+    return max(1, -(-display_pixels // image_size))
+
+
+def upscale(images: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of (N, H, W, C) images: each pixel becomes a scale x scale block."""
+    if scale == 1:
+        return np.asarray(images)
+    return np.repeat(np.repeat(np.asarray(images), scale, axis=1), scale, axis=2)
+
+
+def make_grid(images: np.ndarray, columns: int, pad: int = PAD, pad_value: int = PAD_VALUE,
+              scale: int = 1) -> np.ndarray:
     """Tile uint8 images (N, H, W, C) row by row into one (rows*H + gaps, cols*W + gaps, C) image.
 
     ``pad`` pixels of ``pad_value`` separate neighbouring cells (no border around the
-    outside); cells after the last image are left at ``pad_value``.
+    outside); cells after the last image are left at ``pad_value``. ``scale`` > 1 first
+    enlarges every image by that whole factor (see :func:`upscale`).
     """
-    images = np.asarray(images)
+    images = upscale(images, scale)
     n, h, w, c = images.shape
     cols = max(1, min(columns, n))
     rows = -(-n // cols)
@@ -132,7 +151,7 @@ def render_params(params: Params) -> dict:
     d = params.data
     return {"seed": params.common.seed, "count": params.sample.count, "grid_columns": params.sample.grid_columns,
             "latent_dim": params.model.latent_dim, "range": list(d.value_range), "channels": d.channels,
-            "image_size": d.image_size}
+            "image_size": d.image_size, "scale": display_scale(d.image_size, params.sample.display_pixels)}
 
 
 def _read_index(out_dir: Path) -> dict:
@@ -162,6 +181,7 @@ def render_samples(params: Params, snapshots_dir: Path, out_dir: Path) -> dict:
     shape = render_params(params)
     count, channels = params.sample.count, params.data.channels
     progress_columns = min(params.sample.progress_columns, count)
+    scale = shape["scale"]
 
     index = _read_index(out_dir)
     old_entries: dict = index.get("snapshots", {})
@@ -196,7 +216,7 @@ def render_samples(params: Params, snapshots_dir: Path, out_dir: Path) -> dict:
                                               for i in range(0, count, RENDER_BATCH)]), params.data.value_range)
             for i, image in enumerate(images):
                 write_bytes(out_dir / image_name(epoch, i), encode_png(image))
-            write_bytes(out_dir / grid_name(epoch), encode_png(make_grid(images, params.sample.grid_columns)))
+            write_bytes(out_dir / grid_name(epoch), encode_png(make_grid(images, params.sample.grid_columns, scale=scale)))
             faults.point("render")
             entries[path.name] = {"sha256": digest, "epoch": epoch, "params": shape}
             write_json(out_dir / INDEX, {"version": INDEX_VERSION, "snapshots": dict(sorted(entries.items())),
@@ -219,7 +239,7 @@ def render_samples(params: Params, snapshots_dir: Path, out_dir: Path) -> dict:
     if rebuild:
         rows = [np.stack([read_png(out_dir / image_name(epoch, i), channels) for i in range(progress_columns)])
                 for epoch, _ in snapshots]
-        write_bytes(out_dir / "progress.png", encode_png(make_grid(np.concatenate(rows), progress_columns)))
+        write_bytes(out_dir / "progress.png", encode_png(make_grid(np.concatenate(rows), progress_columns, scale=scale)))
         frames = [read_png(out_dir / grid_name(epoch), channels) for epoch, _ in snapshots]
         write_bytes(out_dir / "progress.gif", encode_gif(frames))
         write_json(out_dir / INDEX, {"version": INDEX_VERSION, "snapshots": dict(sorted(entries.items())),

@@ -15,15 +15,17 @@ from src.atomic import save_arrays
 from src.config import parse_params
 from src.errors import UserError
 from src.networks import build_generator, variables_to_arrays
-from src.render import PAD, PAD_VALUE, encode_png, make_grid, read_png, render_samples
+from src.render import PAD, PAD_VALUE, display_scale, encode_png, make_grid, read_png, render_samples, upscale
 
 TF_CHATTER = ("WARNING: All log messages", "I0000", "W0000", "E0000")
 
 
-def params_for(size=8, channels=1, value_range=(-1, 1), count=6, grid_columns=4, progress_columns=3, **extra):
+def params_for(size=8, channels=1, value_range=(-1, 1), count=6, grid_columns=4, progress_columns=3,
+               display_pixels=0, **extra):
     raw = tiny_raw(data={"image_size": size, "channels": channels, "range": list(value_range)},
                    model={"arch": "mlp"},
-                   sample={"count": count, "grid_columns": grid_columns, "progress_columns": progress_columns},
+                   sample={"count": count, "grid_columns": grid_columns, "progress_columns": progress_columns,
+                           "display_pixels": display_pixels},
                    **extra)
     return parse_params(raw)
 
@@ -101,6 +103,41 @@ def test_known_generator_gives_known_pixels(tmp_path, value_range, channels):
         assert (pixels.reshape(8, 8, channels) == expected).all()
     if channels == 3:
         assert tuple(pixels[0, 0]) == (255, 0, 128)
+
+
+def test_upscale_is_whole_factor_nearest_neighbour():
+    assert [display_scale(n, 112) for n in (28, 8, 112, 113, 128)] == [4, 14, 1, 1, 1]
+    assert display_scale(28, 0) == 1
+    image = np.arange(6, dtype=np.uint8).reshape(1, 2, 3, 1)
+    big = upscale(image, 3)
+    assert big.shape == (1, 6, 9, 1)
+    assert (big[0, ::3, ::3] == image[0]).all() and (big[0, 2::3, 2::3] == image[0]).all()
+    assert set(np.unique(big)) == set(np.unique(image))  # no new (smoothed) values
+
+
+def test_grids_and_progress_enlarged_single_images_true_size(tmp_path):
+    """With sample.display_pixels, grids and progress pictures are enlarged; single images are not."""
+    params = params_for(count=6, grid_columns=4, progress_columns=3, display_pixels=30)  # 8 px -> x4 = 32
+    snap = tmp_path / "snap"
+    random_snapshot(params, snap / "generator_epoch_0001.npz", seed=1)
+    out = tmp_path / "out"
+    render_samples(params, snap, out)
+    single = read_png(out / "generated_image_epoch_0001_5.png", 1)
+    assert single.shape == (8, 8, 1)
+    grid = read_png(out / "grid_epoch_0001.png", 1)
+    assert grid.shape == (2 * 32 + PAD, 4 * 32 + 3 * PAD, 1)
+    r, c = divmod(5, 4)
+    cell = grid[r * (32 + PAD):r * (32 + PAD) + 32, c * (32 + PAD):c * (32 + PAD) + 32]
+    assert (cell == upscale(single[None], 4)[0]).all()
+    progress = read_png(out / "progress.png", 1)
+    assert progress.shape == (32, 3 * 32 + 2 * PAD, 1)
+    with Image.open(out / "progress.gif") as gif:
+        assert gif.size == (grid.shape[1], grid.shape[0])
+    # Changing the display size re-renders the grids (true-size images stay identical).
+    summary = render_samples(params_for(count=6, grid_columns=4, progress_columns=3, display_pixels=0), snap, out)
+    assert summary["rendered"] == 1
+    assert read_png(out / "grid_epoch_0001.png", 1).shape == (2 * 8 + PAD, 4 * 8 + 3 * PAD, 1)
+    assert (read_png(out / "generated_image_epoch_0001_5.png", 1) == single).all()
 
 
 def test_names_grid_and_progress(tmp_path):
