@@ -4,6 +4,8 @@
 VENV      := .venv
 PYTHON    ?= python3
 SUPPORTED := 3.11 3.12 3.13
+comma     := ,
+space     := $() $()
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # After `make gpu` the environment holds the CUDA build; a later rebuild keeps it.
@@ -18,7 +20,7 @@ INSTALL   := $(VENV)/bin/pip install --quiet --disable-pip-version-check --requi
 # The Python that builds .venv must be one the pinned TensorFlow and NumPy have wheels for;
 # expanded right before a build, so a wrong one stops it with one line.
 PY_VERSION = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
-CHECK_PY   = $(if $(filter $(SUPPORTED),$(PY_VERSION)),,$(error Python $(or $(PY_VERSION),not found) ($(PYTHON)) is not supported: the pinned TensorFlow 2.21 and NumPy 2.4 need Python $(SUPPORTED); run e.g. make PYTHON=python3.11))
+CHECK_PY   = $(if $(filter $(SUPPORTED),$(PY_VERSION)),,$(error $(if $(PY_VERSION),Python $(PY_VERSION) ($(PYTHON)) is not supported,$(PYTHON) not found): the pinned TensorFlow 2.21 and NumPy 2.4 install on Python $(subst $(space),$(comma) ,$(SUPPORTED)) only; run e.g. make PYTHON=python3.11))
 
 .PHONY: repro test gpu cpu bench preset lock
 
