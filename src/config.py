@@ -137,6 +137,7 @@ class TrainParams:
     jit_compile: bool = False
     mixed_precision: str = _spec("none", choices=("none", "mixed_float16", "mixed_bfloat16"))
     strategy: str = _spec("auto", choices=("auto", "default", "one_device", "mirrored", "multi_worker"))
+    worker_timeout: float = _spec(300.0, check=at_least(0.0))
     deterministic: bool = True
 
 
@@ -146,6 +147,7 @@ class SampleParams:
     count: int = _spec(32, check=between(1, 4096))
     grid_columns: int = _spec(8, check=at_least(1))
     progress_columns: int = _spec(8, check=at_least(1))
+    display_pixels: int = _spec(112, check=between(0, 4096))
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,6 @@ class ClassifierParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     num_samples: int = _spec(10000, check=at_least(2))
-    worker_timeout: float = _spec(300.0, check=at_least(0.0))
     batch_size: int = _spec(500, check=at_least(1))
     kid_subsets: int = _spec(100, check=at_least(1))
     kid_subset_size: int = _spec(1000, check=at_least(2))
@@ -169,7 +170,6 @@ class EvaluateParams:
     curve_samples: int = _spec(2000, check=at_least(2))
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
 
-    display_pixels: int = _spec(112, check=between(0, 4096))
 
 @dataclass(frozen=True)
 class Params:

@@ -331,18 +331,6 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
     t = params.train
     manifest, shards = open_shards(processed, verify=True)
     _check_shapes(params, manifest, processed)
-    runtime.configure(t, params.common.seed)
-    if t.batch_size % strategy.num_replicas_in_sync:
-        raise UserError(f"params key 'train.batch_size' must be a multiple of the {strategy.num_replicas_in_sync} "
-                        f"replicas; got {t.batch_size}")
-    env = runtime.environment(t, strategy)
-    gan = GAN(params, strategy)
-    reader = ShardReader(shards)
-    steps_per_epoch = t.steps_per_epoch or reader.count // t.batch_size
-    print = tqdm.write  # keep the progress bar intact
-
-    # -- resume or start fresh ------------------------------------------------------------
-    new_print = fingerprint(params, manifest)
     # The first TensorFlow call: a multi-worker strategy must be set up before any other op.
     strategy = runtime.make_strategy(t.strategy, t.worker_timeout)
     if t.jit_compile and runtime.workers(strategy) > 1 and not tf.config.list_logical_devices("GPU"):
@@ -381,6 +369,18 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
            resume_from: Path) -> dict:
     """The body of :func:`train`: writes to ``paths``, resumes from ``resume_from``."""
     t = params.train
+    runtime.configure(t, params.common.seed)
+    if t.batch_size % strategy.num_replicas_in_sync:
+        raise UserError(f"params key 'train.batch_size' must be a multiple of the {strategy.num_replicas_in_sync} "
+                        f"replicas; got {t.batch_size}")
+    env = runtime.environment(t, strategy)
+    gan = GAN(params, strategy)
+    reader = ShardReader(shards)
+    steps_per_epoch = t.steps_per_epoch or reader.count // t.batch_size
+    print = tqdm.write  # keep the progress bar intact
+
+    # -- resume or start fresh ------------------------------------------------------------
+    new_print = fingerprint(params, manifest)
     epoch, step_in_epoch, step, sums = 0, 0, 0, np.zeros(4)
     found = checkpoint.load_latest(resume_from, max_epoch=t.epochs)
     if found is not None:
