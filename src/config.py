@@ -139,6 +139,7 @@ class TrainParams:
     strategy: str = _spec("auto", choices=("auto", "default", "one_device", "mirrored", "multi_worker"))
     worker_timeout: float = _spec(300.0, check=at_least(0.0))
     deterministic: bool = True
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class ClassifierParams:
     epochs: int = _spec(3, check=at_least(1))
     batch_size: int = _spec(128, check=at_least(1))
     learning_rate: float = _spec(3e-3, check=between(1e-8, 1.0))
+    seed: int = _spec(0, check=at_least(0))  # the feature network's own seed: never common.seed
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,8 @@ class EvaluateParams:
     swd_projections: int = _spec(512, check=at_least(1))
     inception_weights: str = ""
     curve_samples: int = _spec(2000, check=at_least(2))
+    seed: int = _spec(0, check=at_least(0))  # every random draw of evaluate: never common.seed
+    bootstrap: int = _spec(100, check=at_least(2))
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
 
 

@@ -25,14 +25,21 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from src import checkpoint, faults, runtime
-from src.atomic import remove_stale_temps, save_arrays, write_json, write_text
+from src.atomic import remove_stale_temps, save_arrays, write_json
 from src.config import Params, to_dict
 from src.dataset import open_shards
 from src.errors import UserError
+from src.keras_file import save_model
 from src.losses import get_loss, gradient_penalty
 from src.networks import assign_from_arrays, build_discriminator, build_generator, variables_to_arrays
+from src.render import make_grid
+from src.sampling import latents, to_uint8
+from src.train_log import TrainLog
+from src.train_log import summary as train_log_summary
 
-LOG_COLUMNS = ("epoch", "step", "d_loss", "g_loss", "d_acc_real", "d_acc_fake", "images_per_sec")
+# The epoch row of the train log: "epoch" is DVCLive's step; every other column is logged as a metric.
+LOG_COLUMNS = ("epoch", "global_step", "d_loss", "g_loss", "d_acc_real", "d_acc_fake", "images_per_sec")
+LIVE_GRID = (64, 8, 112)  # the train log's snapshot grids: images, columns, display pixels (fixed: not sample.*)
 _SUMS = ("d_loss", "g_loss", "d_acc_real", "d_acc_fake")
 
 
@@ -41,9 +48,10 @@ class TrainPaths:
     """Everything the train stage writes (the ``outs`` of the stage in ``dvc.yaml``)."""
     checkpoints: Path
     snapshots: Path
-    log: Path            # TSV, one row per epoch
-    generator: Path      # the exported EMA generator (.keras)
+    log: Path            # the DVCLive folder: metrics.json, plots/metrics/<column>.tsv, plots/images/grid/
+    generator: Path      # the exported EMA generator (.keras, same weights -> same bytes)
     environment: Path    # JSON: versions, devices, switches
+    tensorboard: Path | None = None  # TensorBoard event files (train.tensorboard); None: next to ``log``
 
 
 class NonFiniteLoss(UserError):
@@ -264,7 +272,7 @@ def fingerprint(params: Params, manifest: dict) -> dict:
     and the sample schedule do not change the weights either.
     """
     train = {k: v for k, v in to_dict(params.train).items()
-             if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout")}
+             if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout", "tensorboard")}
     shards = [s["sha256"] for s in manifest["shards"]]
     data = {k: v for k, v in to_dict(params.data).items() if k in ("image_size", "channels", "range")}
     return {"common": to_dict(params.common), "data": data, "model": to_dict(params.model),
@@ -283,11 +291,13 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _read_log(path: Path, up_to_epoch: int) -> list[str]:
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()[1:]
-    return [line for line in lines if line and int(line.split("\t")[0]) <= up_to_epoch]
+def _live_grid(params: Params, generator: keras.Model) -> np.ndarray:
+    """The train log's picture of a snapshot: the fixed latent batch of the sample stage
+    (``common.seed``), ``LIVE_GRID`` images in a grid, enlarged to about 112 pixels each."""
+    count, columns, pixels = LIVE_GRID
+    z = latents(count, params.model.latent_dim, params.common.seed)
+    images = to_uint8(np.asarray(generator(z, training=False)), params.data.value_range)
+    return make_grid(images, columns, scale=max(1, -(-pixels // params.data.image_size)))
 
 
 class _StopRequest:
@@ -409,10 +419,13 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
         for old in paths.snapshots.glob("generator_epoch_*.npz"):
             if int(old.stem.rsplit("_", 1)[1]) > epoch:
                 old.unlink()
-    for folder in (paths.checkpoints, paths.snapshots, paths.log.parent):
+    tensorboard = paths.tensorboard or paths.log.parent / "tensorboard"
+    shutil.rmtree(tensorboard, ignore_errors=True)  # rebuilt from the DVCLive log when switched on
+    for folder in (paths.checkpoints, paths.snapshots, paths.log, tensorboard):
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(folder)  # a killed run's half-written checkpoint or snapshot
-    log_rows = _read_log(paths.log, epoch)
+    # Cut back to the resume point: epochs logged after the checkpoint are logged again below.
+    log = TrainLog(paths.log, epoch, tensorboard if t.tensorboard else None)
     write_json(paths.environment, env)
     write_json(paths.checkpoints / "config.json", {"params": to_dict(params), "environment": env})
 
@@ -420,10 +433,6 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step, "sums": sums.tolist(),
                 "fingerprint": new_print}
         return checkpoint.save(paths.checkpoints, gan.state_arrays(), meta, t.keep_checkpoints)
-
-    def write_log():
-        header = "\t".join(LOG_COLUMNS)
-        write_text(paths.log, "\n".join([header] + log_rows) + "\n")
 
     # -- the epochs ---------------------------------------------------------------------------
     k = t.steps_per_call
@@ -474,6 +483,7 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
           f"XLA {'on' if t.jit_compile else 'off'}, precision {t.mixed_precision}; "
           f"epoch {epoch} of {t.epochs}, {steps_per_epoch} steps of {t.batch_size} images each")
     run_started, run_first_step = time.perf_counter(), step
+    last_row = None
     batches = run_dataset(epoch, step_in_epoch) if epoch < t.epochs else None
     with _StopRequest() as stop, bar:
         while epoch < t.epochs:
@@ -501,7 +511,10 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
             images_per_sec = (step_in_epoch - steps_before) * t.batch_size / max(seconds, 1e-9)
             means = sums / steps_per_epoch
             epoch += 1
-            log_rows.append("\t".join([str(epoch), str(step)] + [f"{v:.6f}" for v in means] + [f"{images_per_sec:.1f}"]))
+            row = dict(zip(LOG_COLUMNS, [epoch, step] + [round(float(v), 6) for v in means]
+                           + [round(images_per_sec, 1)]))
+            log.epoch(epoch, {k: v for k, v in row.items() if k != "epoch"})
+            last_row = row
             per_step = (time.perf_counter() - run_started) / max(step - run_first_step, 1)
             eta = int(per_step * (total_steps - step))
             print(f"epoch {epoch}/{t.epochs}: d_loss {means[0]:.4f}, g_loss {means[1]:.4f}, "
@@ -510,14 +523,14 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
             step_in_epoch, sums = 0, np.zeros(4)
             if epoch % params.sample.every_epochs == 0 or epoch == t.epochs:
                 snapshot = paths.snapshots / f"generator_epoch_{epoch:04d}.npz"
-                save_arrays(snapshot, variables_to_arrays(gan.sync_ema_model(), "g"))
+                ema_model = gan.sync_ema_model()
+                save_arrays(snapshot, variables_to_arrays(ema_model, "g"))
+                log.image(epoch, _live_grid(params, ema_model))
             if epoch % t.checkpoint_every == 0 or epoch == t.epochs:
-                write_log()
                 save_checkpoint()
-    write_log()
-    ema_model = gan.sync_ema_model()
-    tmp = paths.generator.with_name(f".{paths.generator.stem}.tmp.keras")
-    ema_model.save(tmp)
-    tmp.replace(paths.generator)
-    last = dict(zip(LOG_COLUMNS, log_rows[-1].split("\t"))) if log_rows else {}
-    return {"epoch": epoch, "step": step, **{k: float(v) for k, v in last.items() if k not in ("epoch", "step")}}
+    log.close()
+    save_model(gan.sync_ema_model(), paths.generator)
+    if last_row is None:  # nothing left to train: the last epoch's values from the log
+        last_row = train_log_summary(paths.log)
+    return {"epoch": epoch, "step": step,
+            **{k: float(v) for k, v in last_row.items() if k not in ("epoch", "step", "global_step")}}

@@ -1,11 +1,16 @@
-"""Stage: train the MNIST digit classifier used as the feature network for evaluation.
+"""Stage: the feature network of the metrics, with its own seed (never ``common.seed``).
 
-Writes outputs/classifier/classifier.keras and outputs/classifier/metrics.json.
-Run from the repository root: ``python stages/classifier.py``.
+MNIST (``data.source: mnist``): trains the digit CNN whose features give FID/KID and
+whose softmax gives the classifier score; about 2 minutes on 2 CPU cores. Folder data:
+builds the fixed random convolutional network of the folder metrics from
+``evaluate.classifier.seed`` (no training, under a second; MNIST is not read).
+
+Reads params data.source, data.mnist_dir and evaluate.classifier only, so a seed sweep or
+any model/train change leaves this stage and its bytes alone. Writes
+outputs/classifier/classifier.keras (fixed bytes, see src/keras_file.py) and
+outputs/classifier/metrics.json. Run from the repository root: ``python stages/classifier.py``.
 """
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,26 +26,28 @@ OUT_DIR = Path("outputs/classifier")
 @stage_main
 def main() -> None:
     params = load_params()
-    from src.metrics.classifier import train_classifier
-    from src.mnist import load_mnist
+    from src.keras_file import save_model
 
-    train_x, train_y = load_mnist(params.data.mnist_dir, "train")
-    test_x, test_y = load_mnist(params.data.mnist_dir, "test")
+    cp = params.evaluate.classifier
     start = time.perf_counter()
-    model, accuracy = train_classifier(train_x, train_y, test_x, test_y, params.evaluate.classifier,
-                                       seed=params.common.seed, verbose=2)
-    seconds = time.perf_counter() - start
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".classifier.", suffix=".keras", dir=OUT_DIR)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, OUT_DIR / "classifier.keras")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    write_json(OUT_DIR / "metrics.json", {"test_accuracy": round(accuracy, 6)})
-    print(f"classifier: test accuracy {accuracy:.4f} ({seconds:.0f}s training)")
+    if params.data.source == "mnist":
+        from src.metrics.classifier import train_classifier
+        from src.mnist import load_mnist
+
+        train_x, train_y = load_mnist(params.data.mnist_dir, "train")
+        test_x, test_y = load_mnist(params.data.mnist_dir, "test")
+        model, accuracy = train_classifier(train_x, train_y, test_x, test_y, cp, seed=cp.seed, verbose=2)
+        summary = {"feature_net": "mnist-cnn", "test_accuracy": round(accuracy, 6)}
+        said = f"test accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f}s training)"
+    else:
+        from src.metrics.randnet import build_random_net
+
+        model = build_random_net(cp.seed)
+        summary = {"feature_net": "random-conv"}
+        said = f"data.source is folder: the random conv net of seed {cp.seed}, no training"
+    save_model(model, OUT_DIR / "classifier.keras")
+    write_json(OUT_DIR / "metrics.json", summary)
+    print(f"classifier: {said}")
 
 
 if __name__ == "__main__":

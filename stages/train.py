@@ -1,8 +1,9 @@
 """Stage 2, train: the GAN trains on data/processed and writes checkpoints it resumes from.
 
 Reads params sections common, data, model, train and sample.every_epochs; writes
-outputs/checkpoints, outputs/snapshots, outputs/train_log, outputs/generator.keras and
-outputs/environment.json (the outs of this stage in dvc.yaml).
+outputs/checkpoints, outputs/snapshots, outputs/train_log (DVCLive, every epoch),
+outputs/tensorboard (event files when train.tensorboard is on, else empty),
+outputs/generator.keras and outputs/environment.json (the outs of this stage in dvc.yaml).
 """
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from src.errors import stage_main
 PATHS = dict(
     checkpoints=Path("outputs/checkpoints"),
     snapshots=Path("outputs/snapshots"),
-    log=Path("outputs/train_log/metrics.tsv"),
+    log=Path("outputs/train_log"),
     generator=Path("outputs/generator.keras"),
     environment=Path("outputs/environment.json"),
+    tensorboard=Path("outputs/tensorboard"),
 )
 
 

@@ -52,11 +52,18 @@ def _fake_outputs(out, train_log=True):
     (out / "generator.keras").write_bytes(b"stub")
     for epoch in (1, 2, 4):
         (out / "snapshots" / f"generator_epoch_{epoch:04d}.npz").write_bytes(b"stub")
-    if train_log:
+    if train_log:  # DVCLive's summary: the last epoch's values
         (out / "train_log").mkdir()
-        (out / "train_log" / "metrics.tsv").write_text(
-            "epoch\tstep\td_loss\tg_loss\td_acc_real\td_acc_fake\timages_per_sec\n"
-            "1\t10\t1.2\t0.8\t0.61\t0.55\t100\n2\t20\t1.1\t0.9\t0.72\t0.66\t110\n")
+        (out / "train_log" / "metrics.json").write_text(json.dumps(
+            {"step": 2, "d_loss": 1.1, "g_loss": 0.9, "d_acc_real": 0.72, "d_acc_fake": 0.66}))
+
+
+def _assert_intervals(metrics, keys):
+    for key in keys:
+        ci = metrics[key + "_ci95"]
+        assert set(ci) == {"lo", "hi"}, key
+        assert ci["lo"] <= metrics[key] <= ci["hi"], (key, metrics[key], ci)
+        assert ci["hi"] > ci["lo"], (key, ci)  # a real spread, not a point
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +84,18 @@ def classifier_file(tmp_path_factory, mnist_stub):
     return path
 
 
-def test_mnist_metrics_curve_and_determinism(tmp_path, monkeypatch, mnist_stub, classifier_file):
+def _mnist_outputs(tmp_path, monkeypatch, mnist_stub, classifier_file):
     out = tmp_path / "outputs"
     _fake_outputs(out)
     (out / "classifier").mkdir()
     (out / "classifier" / "classifier.keras").write_bytes(classifier_file.read_bytes())
     monkeypatch.setattr(ev, "_load_mnist", lambda d, split: mnist_stub[split])
     _patch_generator(monkeypatch)
+    return out
+
+
+def test_mnist_metrics_curve_and_determinism(tmp_path, monkeypatch, mnist_stub, classifier_file):
+    out = _mnist_outputs(tmp_path, monkeypatch, mnist_stub, classifier_file)
     params = parse_params({"evaluate": FEW})
 
     metrics = ev.evaluate(params, outputs_dir=out, log=lambda m: None)
@@ -93,13 +105,18 @@ def test_mnist_metrics_curve_and_determinism(tmp_path, monkeypatch, mnist_stub, 
                 "kid_real_std", "classifier_score_real", "coverage_real", "class_kl_real", "fid_noise",
                 "swd", "swd_real", "swd_level_28", "swd_real_level_28"):
         assert isinstance(metrics[key], (int, float)), key
-    assert all(not isinstance(v, (dict, list)) for v in metrics.values())  # flat
+    # one level deep at most: numbers, strings and {lo, hi} intervals (DVC shows fid_ci95.lo/.hi)
+    assert all(isinstance(v, (int, float, str)) or set(v) == {"lo", "hi"} for v in metrics.values())
+    _assert_intervals(metrics, ("fid", "fid_real", "kid", "kid_real", "classifier_score", "classifier_score_real",
+                                "class_kl", "swd", "swd_real"))
     assert metrics["num_samples"] == 200 and metrics["reference"] == "mnist-test"
     assert metrics["feature_net"] == "mnist-cnn"
     assert metrics["d_acc_real"] == 0.72 and metrics["d_acc_fake"] == 0.66
     assert metrics["fid_noise"] > metrics["fid_real"]
     assert metrics["swd"] > 0 and metrics["swd_real"] > 0
     assert 1 <= metrics["coverage"] <= 10
+    # kid_std is the spread of one subset's value (as torch-fidelity), wider than the mean's interval
+    assert metrics["kid_std"] > (metrics["kid_ci95"]["hi"] - metrics["kid_ci95"]["lo"]) / 2 / np.sqrt(FEW["kid_subsets"])
 
     rows = (out / "eval_curve.tsv").read_text().splitlines()
     assert rows[0] == "epoch\tfid" and [r.split("\t")[0] for r in rows[1:]] == ["1", "2", "4"]
@@ -110,17 +127,58 @@ def test_mnist_metrics_curve_and_determinism(tmp_path, monkeypatch, mnist_stub, 
     assert (out / "metrics.json").read_bytes() == first  # same inputs, same bytes
 
 
-def test_missing_classifier_is_a_user_error(tmp_path, monkeypatch, mnist_stub):
-    out = tmp_path / "outputs"
-    _fake_outputs(out, train_log=False)
-    monkeypatch.setattr(ev, "_load_mnist", lambda d, split: mnist_stub[split])
-    with pytest.raises(UserError, match="stages/classifier.py"):
-        ev.evaluate(parse_params({"evaluate": FEW}), outputs_dir=out, log=lambda m: None)
+def test_the_yardstick_ignores_the_training_seed(tmp_path, monkeypatch, mnist_stub, classifier_file):
+    """common.seed seeds training only: with the same generator, the numbers do not move;
+    evaluate.seed is the ruler's own seed."""
+    out = _mnist_outputs(tmp_path, monkeypatch, mnist_stub, classifier_file)
+    results = {}
+    for common, own in ((1, 0), (2, 0), (1, 5)):
+        params = parse_params({"common": {"seed": common}, "evaluate": {**FEW, "seed": own}})
+        ev.evaluate(params, outputs_dir=out, log=lambda m: None)
+        results[common, own] = (out / "metrics.json").read_bytes()
+    assert results[1, 0] == results[2, 0]
+    assert results[1, 0] != results[1, 5]
 
 
-def test_folder_data_swd_and_note_without_inception(tmp_path, monkeypatch):
+def test_intervals_cover_the_truth_and_shrink_with_samples():
+    """The bootstrap FID interval on Gaussians whose distance is known (4 * 0.3^2 = 0.36):
+    it covers the truth in about 95% of draws and halves in width with 4x the samples. The
+    fold KID interval holds the estimate and, for clearly different sets, excludes 0."""
+    from src.metrics import intervals
+    from src.metrics.frechet import frechet_from_features
+    from src.metrics.kid import kernel_inception_distance, kid_fold_values
+
+    def draws(n, trials):
+        covered, widths = 0, []
+        for trial in range(trials):
+            rng = np.random.default_rng(trial)
+            x, y = rng.normal(0, 1, (n, 4)), rng.normal(0.3, 1, (n, 4))
+            (ci,) = intervals.frechet_intervals(y, [x], [frechet_from_features(x, y)], 100, seed=trial)
+            covered += ci["lo"] <= 0.36 <= ci["hi"]
+            widths.append(ci["hi"] - ci["lo"])
+        return covered / trials, float(np.mean(widths))
+
+    coverage, width = draws(400, 40)
+    assert coverage >= 0.85, coverage
+    _, width_4x = draws(1600, 8)
+    assert 0.35 * width < width_4x < 0.7 * width
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0, 1, (800, 8)), rng.normal(0.3, 1, (800, 8))
+    kid, _ = kernel_inception_distance(x, y, 20, 200, seed=2)
+    values = kid_fold_values(x, y, intervals.fold_indices(800, 3), intervals.fold_indices(800, 4))
+    kci = intervals.fold_interval(kid, values, lower=None)
+    assert 0 < kci["lo"] < kid < kci["hi"]
+
+
+def _folder_setup(tmp_path, monkeypatch):
+    from src.keras_file import save_model
+    from src.metrics.randnet import build_random_net
+
     out = tmp_path / "outputs"
     _fake_outputs(out, train_log=False)
+    (out / "classifier").mkdir()
+    save_model(build_random_net(0), out / "classifier" / "classifier.keras")
     images, _ = draw_digits(500, seed=3, size=32)
     data = np.repeat(images[..., None].astype(np.float32) / 127.5 - 1.0, 3, axis=-1)
     shards = [data[:300], data[300:]]
@@ -131,15 +189,45 @@ def test_folder_data_swd_and_note_without_inception(tmp_path, monkeypatch):
     folder.mkdir()
     params = parse_params({"data": {"source": "folder", "folder": str(folder), "image_size": 32, "channels": 3},
                            "evaluate": FEW})
+    return out, params, data
 
+
+def test_folder_data_random_net_swd_intervals_and_note_without_inception(tmp_path, monkeypatch):
+    out, params, _ = _folder_setup(tmp_path, monkeypatch)
     metrics = ev.evaluate(params, outputs_dir=out, log=lambda m: None)
-    assert "fid" not in metrics and "kid" not in metrics and "inception" in metrics["note"].lower()
+    assert "fid" not in metrics and "fid_keras_inception" not in metrics
+    assert "inception" in metrics["note"].lower() and metrics["feature_net"] == "random-conv"
     assert metrics["num_samples"] == 200
-    assert set(k for k in metrics if k.startswith("swd")) == {"swd", "swd_level_32", "swd_level_16", "swd_real",
-                                                              "swd_real_level_32", "swd_real_level_16"}
+    assert set(k for k in metrics if k.startswith("swd")) == {
+        "swd", "swd_level_32", "swd_level_16", "swd_ci95", "swd_real", "swd_real_level_32", "swd_real_level_16",
+        "swd_real_ci95"}
+    _assert_intervals(metrics, ("swd", "swd_real", "fd_random", "fd_random_real", "kd_random", "kd_random_real"))
     assert metrics["swd_real"] > 0
+    assert metrics["fd_random"] > metrics["fd_random_real"]  # noisy stub images against real halves
     rows = (out / "eval_curve.tsv").read_text().splitlines()
     assert rows[0] == "epoch\tswd" and len(rows) == 4
+
+
+def test_folder_metrics_callable_from_python_and_fixed_by_its_own_seeds(tmp_path, monkeypatch):
+    _, params, data = _folder_setup(tmp_path, monkeypatch)
+    unit = (data + 1) / 2
+    a, b = unit[:200], unit[200:400]
+    noisy = np.clip(b + np.random.default_rng(0).normal(0, 0.2, b.shape), 0, 1).astype(np.float32)
+    first = ev.folder_metrics(params.evaluate, a, noisy, real=b, log=lambda m: None)
+    again = ev.folder_metrics(parse_params({"common": {"seed": 99}, "evaluate": FEW}).evaluate, a, noisy, real=b,
+                              log=lambda m: None)
+    assert first == again  # nothing of the run's params: the same numbers for any common.seed
+    assert first["fd_random"] > first["fd_random_real"] and first["swd"] > first["swd_real"]
+    other = ev.folder_metrics(parse_params({"evaluate": {**FEW, "classifier": {"seed": 1}}}).evaluate, a, noisy,
+                              log=lambda m: None)
+    assert other["fd_random"] != first["fd_random"] and other["swd"] == first["swd"]
+
+
+def test_feature_net_of_the_other_source_is_a_user_error(tmp_path, monkeypatch, mnist_stub):
+    out, params, _ = _folder_setup(tmp_path, monkeypatch)
+    monkeypatch.setattr(ev, "_load_mnist", lambda d, split: mnist_stub[split])
+    with pytest.raises(UserError, match="rerun the classifier stage"):
+        ev.evaluate(parse_params({"evaluate": FEW}), outputs_dir=out, log=lambda m: None)
 
 
 def test_gather_across_shards():

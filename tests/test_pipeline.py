@@ -191,7 +191,8 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-PLOT_IDS = ["Losses", "Discriminator_accuracy", "Throughput__images_per_second_", "outputs_eval_curve_tsv"]
+PLOT_IDS = ["Losses", "Discriminator_accuracy", "Throughput__images_per_second_", "Augmentation_probability",
+            "outputs_eval_curve_tsv"]
 
 
 def check_plots_page(project: Project, *revs: str) -> str:
@@ -203,9 +204,11 @@ def check_plots_page(project: Project, *revs: str) -> str:
     html = (out_dir / "index.html").read_text()
     assert re.findall(r"vegaEmbed\('#([^']+)'", html) == PLOT_IDS
     images = sorted(p.name for p in (out_dir / "static").iterdir())
+    grid = re.compile(r"^(.+)_outputs_train_log_plots_images_grid_\d+\.png$")  # the train log's grids
     want = sorted(f"{rev}_outputs_samples_{name}" for rev in (revs or ("workspace",))
                   for name in ("progress.png", "progress.gif"))
-    assert images == want
+    assert [name for name in images if not grid.match(name)] == want
+    assert {grid.match(name).group(1) for name in images if grid.match(name)} == set(revs or ("workspace",))
     return html
 
 
@@ -250,8 +253,10 @@ def test_mnist_pipeline_end_to_end(mnist):
     assert metrics["num_samples"] == 64 and metrics["feature_net"] == "mnist-cnn"
     curve = (outputs / "eval_curve.tsv").read_text().splitlines()
     assert curve[0] == "epoch\tfid" and [line.split("\t")[0] for line in curve[1:]] == ["2", "4"]
-    log = (outputs / "train_log" / "metrics.tsv").read_text().splitlines()
-    assert log[0].split("\t")[:4] == ["epoch", "step", "d_loss", "g_loss"] and len(log) == 1 + 4
+    log = (outputs / "train_log" / "plots" / "metrics" / "d_loss.tsv").read_text().splitlines()
+    assert log[0] == "step\td_loss" and [row.split("\t")[0] for row in log[1:]] == ["1", "2", "3", "4"]
+    assert json.loads((outputs / "train_log" / "metrics.json").read_text())["step"] == 4
+    assert _files(outputs / "train_log" / "plots" / "images" / "grid") == ["2.png", "4.png"]
     env = json.loads((outputs / "environment.json").read_text())
     train = project.params()["train"]
     assert env["tensorflow"] and env["replicas"] == 1 and env["gpus"] == []
@@ -278,11 +283,14 @@ def test_plots_page(mnist):
 
 @pytest.mark.parametrize("key, old, new, expected", [
     ("sample.count", 32, 8, {"sample"}),
+    # A seed sweep keeps the yardstick: the classifier stage (own seed) does not run again.
+    ("common.seed", 42, 43, {"preprocess", "train", "sample", "evaluate"}),
     ("evaluate.num_samples", 64, 48, {"evaluate"}),
     ("train.epochs", 4, 6, {"train", "sample", "evaluate"}),
 ])
 def test_changing_one_param_reruns_only_its_readers(mnist, key, old, new, expected):
     project, _, _ = mnist
+    classifier_before = (project.root / "outputs" / "classifier" / "classifier.keras").read_bytes()
     project.set_param(key, new)
     # the change is visible to DVC exactly: one key, its old and new value
     diff = project.dvc_json("params", "diff")
@@ -297,13 +305,15 @@ def test_changing_one_param_reruns_only_its_readers(mnist, key, old, new, expect
     samples = project.root / "outputs" / "samples"
     if key == "sample.count":  # re-rendered with 8 images per snapshot, stale ones removed
         assert sum(n.startswith("generated_image_epoch_0002_") for n in _files(samples)) == 8
+    if key == "common.seed":
+        assert (project.root / "outputs" / "classifier" / "classifier.keras").read_bytes() == classifier_before
     if key == "evaluate.num_samples":
         assert project.metrics()["num_samples"] == 48
         mdiff = project.dvc_json("metrics", "diff", "HEAD~1")  # old values come from the DVC cache
         assert mdiff["outputs/metrics.json"]["num_samples"] == {"old": 64, "new": 48, "diff": -16}
     if key == "train.epochs":  # continued from the epoch-4 checkpoint to epoch 6
         assert "generator_epoch_0006.npz" in _files(project.root / "outputs" / "snapshots")
-        log = (project.root / "outputs" / "train_log" / "metrics.tsv").read_text().splitlines()
+        log = (project.root / "outputs" / "train_log" / "plots" / "metrics" / "d_loss.tsv").read_text().splitlines()
         assert [line.split("\t")[0] for line in log[1:]] == ["1", "2", "3", "4", "5", "6"]
         check_plots_page(project, "HEAD~1", "HEAD")  # two runs side by side
 
@@ -331,7 +341,8 @@ def test_remote_round_trip(mnist, tmp_path):
     assert "Data and pipelines are up to date." in out
     for rel in ("outputs/metrics.json", "outputs/eval_curve.tsv", "outputs/generator.keras",
                 "outputs/classifier/metrics.json", "outputs/environment.json",
-                "outputs/train_log/metrics.tsv", "data/processed/manifest.json"):
+                "outputs/train_log/metrics.json", "outputs/train_log/plots/metrics/d_loss.tsv",
+                "data/processed/manifest.json"):
         assert (clone.root / rel).read_bytes() == (project.root / rel).read_bytes(), rel
     for rel in ("outputs/checkpoints", "outputs/snapshots", "outputs/samples"):
         assert _files(clone.root / rel) == _files(project.root / rel), rel
@@ -360,9 +371,13 @@ def test_folder_preset_end_to_end(tmp_path):
     with Image.open(root / "outputs" / "samples" / "grid_epoch_0002.png") as grid:
         assert grid.mode == "RGB" and grid.size == (4 * 16 + 3 * 2, 2 * 16 + 2)
     metrics = project.metrics()
-    assert metrics["feature_net"] == "none" and "inception_weights is off" in metrics["note"]
+    assert metrics["feature_net"] == "random-conv" and "inception_weights is off" in metrics["note"]
     assert metrics["num_samples"] == 16 and "swd" in metrics and "swd_real" in metrics
-    assert "fid" not in metrics
+    for key in ("swd", "swd_real", "fd_random", "fd_random_real", "kd_random", "kd_random_real"):
+        assert set(metrics[key + "_ci95"]) == {"lo", "hi"}, key
+    assert "fid" not in metrics and "fid_keras_inception" not in metrics
+    # the classifier stage built the random conv net and trained nothing
+    assert json.loads((root / "outputs" / "classifier" / "metrics.json").read_text()) == {"feature_net": "random-conv"}
     curve = (root / "outputs" / "eval_curve.tsv").read_text().splitlines()
     assert curve[0] == "epoch\tswd" and len(curve) == 3
     assert '"swd"' in check_plots_page(project)

@@ -1,6 +1,7 @@
 """The train stage: one-step smoke tests, update isolation, resume, kills and guards."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ import tensorflow as tf
 from conftest import REPO, run_stage, tiny_params
 from src import checkpoint, runtime
 from src.atomic import load_arrays
-from src.training_loop import GAN, TrainPaths, train
+from src.train_log import image_files, read_rows
+from src.training_loop import GAN, LOG_COLUMNS, TrainPaths, train
 
 PATHS = dict(checkpoints="outputs/checkpoints", snapshots="outputs/snapshots",
-             log="outputs/train_log/metrics.tsv", generator="outputs/generator.keras",
-             environment="outputs/environment.json")
+             log="outputs/train_log", generator="outputs/generator.keras",
+             environment="outputs/environment.json", tensorboard="outputs/tensorboard")
 
 
 def _paths(root: Path) -> TrainPaths:
@@ -171,8 +173,7 @@ def test_resume_gives_the_same_weights(project, tmp_path_factory, variant):
     assert second.returncode == 0, second.stderr
     assert "resuming from" in second.stderr + second.stdout
     _assert_same_state(reference, _final_state(other))
-    log = (other / PATHS["log"]).read_text().splitlines()
-    assert [row.split("\t")[0] for row in log] == ["epoch", "1", "2"]
+    assert list(read_rows(other / PATHS["log"])) == [1, 2]
 
 
 def test_killed_run_resumes_to_the_same_weights(project, tmp_path_factory):
@@ -197,6 +198,17 @@ def test_killed_run_resumes_to_the_same_weights(project, tmp_path_factory):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr + resumed.stdout
     _assert_same_state(reference, _final_state(killed))
+    # The train log holds each epoch once, with the uninterrupted run's values (throughput aside),
+    # the same snapshot grids, and the exported generator has the same bytes.
+    want, got = read_rows(straight / PATHS["log"]), read_rows(killed / PATHS["log"])
+    assert list(got) == [1, 2, 3, 4, 5, 6] and set(got[6]) == set(LOG_COLUMNS) - {"epoch"}
+
+    def without_speed(rows):
+        return {e: {k: v for k, v in r.items() if k != "images_per_sec"} for e, r in rows.items()}
+    assert without_speed(got) == without_speed(want)
+    assert [p.read_bytes() for _, p in image_files(killed / PATHS["log"])] == \
+        [p.read_bytes() for _, p in image_files(straight / PATHS["log"])]
+    assert (killed / PATHS["generator"]).read_bytes() == (straight / PATHS["generator"]).read_bytes()
 
 
 def test_sigterm_saves_a_checkpoint_and_says_where_it_resumes(project):
@@ -259,6 +271,29 @@ def test_same_params_same_checkpoint_bytes(project, tmp_path_factory):
     files_a = checkpoint.list_checkpoints(a / PATHS["checkpoints"])
     files_b = checkpoint.list_checkpoints(b / PATHS["checkpoints"])
     assert [p.read_bytes() for p in files_a] == [p.read_bytes() for p in files_b]
+    # The exported generator too: Keras's save date and zip times are pinned (src/keras_file.py).
+    assert (a / PATHS["generator"]).read_bytes() == (b / PATHS["generator"]).read_bytes()
+
+
+def test_train_log_is_written_every_epoch_while_training_runs(project):
+    """DVCLive rows appear epoch by epoch, long before the first checkpoint (live plots)."""
+    root = project(train={"epochs": 400, "steps_per_epoch": 2, "checkpoint_every": 1000})
+    import os
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py")], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(read_rows(root / PATHS["log"])) < 3:
+            time.sleep(0.05)
+        rows = read_rows(root / PATHS["log"])
+        assert proc.poll() is None, "training ended before the check"
+        assert len(rows) >= 3 and not checkpoint.list_checkpoints(root / PATHS["checkpoints"])
+        summary = json.loads((root / PATHS["log"] / "metrics.json").read_text())
+        assert summary["step"] >= 1 and "d_loss" in summary
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_tampered_shard_is_reported_before_training(project):

@@ -43,11 +43,13 @@ def mmd2_biased(x: np.ndarray, y: np.ndarray) -> float:
 
 def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100,
                               subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """KID between feature sets ``f1`` and ``f2``: (mean, standard error) over subsets.
+    """KID between feature sets ``f1`` and ``f2``: (mean, spread) over random subsets.
 
     Each of ``subsets`` rounds draws ``subset_size`` rows of each set without replacement
-    (capped at the set sizes) with a generator seeded by ``seed``. The standard error is
-    std(ddof=1) / sqrt(subsets); 0.0 when there is one subset.
+    (capped at the set sizes) with a generator seeded by ``seed``. The spread is the
+    standard deviation of the subset values (ddof=0), as torch-fidelity's
+    ``kernel_inception_distance_std``: how much one subset's value varies, not the error of
+    the mean (see :func:`kid_fold_values` for that); 0.0 when there is one subset.
     """
     f1 = np.asarray(f1, np.float64)
     f2 = np.asarray(f2, np.float64)
@@ -58,6 +60,13 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100
         a = f1[rng.choice(f1.shape[0], size, replace=False)]
         b = f2[rng.choice(f2.shape[0], size, replace=False)]
         values[i] = mmd2_unbiased(a, b)
-    mean = float(values.mean())
-    stderr = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-    return mean, stderr
+    return float(values.mean()), float(values.std())
+
+
+def kid_fold_values(f1: np.ndarray, f2: np.ndarray, folds: list[np.ndarray],
+                    ref_folds: list[np.ndarray]) -> list[float]:
+    """Unbiased MMD^2 of each pair of disjoint parts (``folds`` of ``f1``, ``ref_folds`` of
+    ``f2``): the values :func:`src.metrics.intervals.fold_interval` turns into an interval."""
+    f1 = np.asarray(f1, np.float64)
+    f2 = np.asarray(f2, np.float64)
+    return [mmd2_unbiased(f1[a], f2[b]) for a, b in zip(folds, ref_folds)]
