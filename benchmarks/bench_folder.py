@@ -93,7 +93,7 @@ def run(args) -> list[dict]:
                         "sample": {"every_epochs": args.every}}
                 params = parse_params(merge(raw, over))
                 out = tmp / f"run-{subset}-{mode}"
-                paths = TrainPaths(out / "c", out / "s", out / "log.tsv", out / "g.keras", out / "env.json")
+                paths = TrainPaths(out / "c", out / "s", out / "log", out / "g.keras", out / "env.json")
                 started = time.time()
                 train(params, processed, paths)
                 for snap in sorted(paths.snapshots.glob("generator_epoch_*.npz")):

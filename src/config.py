@@ -96,6 +96,9 @@ class DCGANParams:
     leaky_slope: float = _spec(0.2, check=between(0.0, 1.0))
     bn_momentum: float = _spec(0.9, check=between(0.0, 1.0, open_high=True))
     dropout: float = _spec(0.3, check=between(0.0, 1.0, open_high=True))
+    upsample: str = _spec("transpose", choices=("transpose", "nearest", "bilinear"))
+    spectral_norm: bool = False
+    minibatch_std: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,23 @@ class EMAParams:
     decay: float = _spec(0.999, check=between(0.0, 1.0, open_high=True))
 
 
+AUGMENT_POLICIES = ("color", "translation", "cutout")  # the ops of src/augment.py
+
+
+def _policy_check(v: list) -> str | None:
+    ok = all(x in AUGMENT_POLICIES for x in v) and len(set(v)) == len(v)
+    return None if ok else f"a list of distinct names from {', '.join(AUGMENT_POLICIES)} (may be empty)"
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    policy: list[str] = _spec(check=_policy_check, factory=list)
+    probability: float = _spec(1.0, check=between(0.0, 1.0))
+    adaptive: bool = False
+    target: float = _spec(0.6, check=between(-1.0, 1.0))
+    speed_kimg: float = _spec(100.0, check=at_least(0.001))
+
+
 @dataclass(frozen=True)
 class TrainParams:
     epochs: int = _spec(100, check=at_least(1))
@@ -131,6 +151,7 @@ class TrainParams:
     g_optimizer: AdamParams = field(default_factory=AdamParams)
     d_optimizer: AdamParams = field(default_factory=AdamParams)
     ema: EMAParams = field(default_factory=EMAParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
     checkpoint_every: int = _spec(10, check=at_least(1))
     keep_checkpoints: int = _spec(3, check=at_least(1))
     steps_per_call: int = _spec(1, check=at_least(1))

@@ -25,6 +25,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from src import checkpoint, faults, runtime
+from src.augment import Augmenter, next_probability
 from src.atomic import remove_stale_temps, save_arrays, write_json
 from src.config import Params, to_dict
 from src.dataset import open_shards
@@ -38,7 +39,7 @@ from src.train_log import TrainLog
 from src.train_log import summary as train_log_summary
 
 # The epoch row of the train log: "epoch" is DVCLive's step; every other column is logged as a metric.
-LOG_COLUMNS = ("epoch", "global_step", "d_loss", "g_loss", "d_acc_real", "d_acc_fake", "images_per_sec")
+LOG_COLUMNS = ("epoch", "global_step", "d_loss", "g_loss", "d_acc_real", "d_acc_fake", "images_per_sec", "augment_p")
 LIVE_GRID = (64, 8, 112)  # the train log's snapshot grids: images, columns, display pixels (fixed: not sample.*)
 _SUMS = ("d_loss", "g_loss", "d_acc_real", "d_acc_fake")
 
@@ -97,6 +98,7 @@ class GAN:
         self.replicas = strategy.num_replicas_in_sync
         t = params.train
         self.loss = get_loss(t.loss, t.label_smoothing)
+        self.augmenter = Augmenter(tuple(t.augment.policy), params.data.value_range) if t.augment.policy else None
         with strategy.scope():
             self.generator = build_generator(params.model, params.data)
             self.discriminator = build_discriminator(params.model, params.data)
@@ -108,6 +110,9 @@ class GAN:
             # Plain tf.Variables so that replicas may update them in step (each computes the same value).
             self.ema = [tf.Variable(v.value, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                         for v in self.generator.trainable_variables]
+            # The augmentation probability: read by the step, set between compiled calls.
+            self.augment_p = tf.Variable(t.augment.probability, trainable=False, dtype=tf.float32,
+                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.seed = params.common.seed
         self._chunk_fn = None
 
@@ -124,6 +129,12 @@ class GAN:
         seed = tf.random.experimental.stateless_fold_in(seed, purpose * 4096 + tf.cast(replica, tf.int64))
         return seed if batch is None else tf.random.stateless_normal([batch, self.params.model.latent_dim], seed=seed)
 
+    def _augment(self, images, step, purpose: int):
+        """What D sees: ``images`` augmented with draws from (seed, step, purpose, replica)."""
+        if self.augmenter is None:
+            return images
+        return self.augmenter(images, self.augment_p, self._noise(step, purpose, None))
+
     def _d_loss(self, real, fake, real_logits, fake_logits, step):
         loss = self.loss.d_loss(real_logits, fake_logits)
         if self.loss.uses_gradient_penalty:
@@ -134,7 +145,8 @@ class GAN:
     def d_step(self, real, step):
         """Update the discriminator only."""
         z = self._noise(step, 1, tf.shape(real)[0])
-        fake = self.generator(z, training=True)
+        real = self._augment(real, step, 3)
+        fake = self._augment(self.generator(z, training=True), step, 4)
         with tf.GradientTape() as tape:
             real_logits = self.discriminator(real, training=True)
             fake_logits = self.discriminator(fake, training=True)
@@ -151,8 +163,9 @@ class GAN:
         update never touches the generator and the other way round.
         """
         z = self._noise(step, 1, tf.shape(real)[0])
+        real = self._augment(real, step, 3)
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
-            fake = self.generator(z, training=True)
+            fake = self._augment(self.generator(z, training=True), step, 4)  # G's gradient flows through
             real_logits = self.discriminator(real, training=True)
             fake_logits = self.discriminator(fake, training=True)
             d_loss = self._d_loss(real, fake, real_logits, fake_logits, step)
@@ -404,6 +417,7 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
             gan.load_state(arrays, str(path))
             epoch, step_in_epoch, step = meta["epoch"], meta["step_in_epoch"], meta["step"]
             sums = np.asarray(meta["sums"], dtype=np.float64)
+            gan.augment_p.assign(meta.get("augment_p", t.augment.probability))
             print(f"train: resuming from {path} (epoch {epoch}, step {step})")
         if epoch == 0 and step == 0:
             found = None
@@ -431,7 +445,7 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
 
     def save_checkpoint():
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step, "sums": sums.tolist(),
-                "fingerprint": new_print}
+                "augment_p": float(gan.augment_p.numpy()), "fingerprint": new_print}
         return checkpoint.save(paths.checkpoints, gan.state_arrays(), meta, t.keep_checkpoints)
 
     # -- the epochs ---------------------------------------------------------------------------
@@ -498,6 +512,11 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
                                         f"(the last good checkpoint in {paths.checkpoints} is kept); "
                                         "try a lower learning rate or train.mixed_precision none")
                 sums += chunk_sums
+                if t.augment.adaptive and gan.augmenter is not None:
+                    # ADA: r_t = E[sign(D(real))] = 2 * (share of reals D calls real) - 1, over this call.
+                    r_t = 2.0 * chunk_sums[2] / n - 1.0
+                    gan.augment_p.assign(next_probability(float(gan.augment_p.numpy()), r_t, t.augment.target,
+                                                          n * t.batch_size, t.augment.speed_kimg * 1000.0))
                 step += n
                 step_in_epoch += n
                 bar.update(n)
@@ -511,14 +530,16 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
             images_per_sec = (step_in_epoch - steps_before) * t.batch_size / max(seconds, 1e-9)
             means = sums / steps_per_epoch
             epoch += 1
+            augment_p = float(gan.augment_p.numpy())
             row = dict(zip(LOG_COLUMNS, [epoch, step] + [round(float(v), 6) for v in means]
-                           + [round(images_per_sec, 1)]))
+                           + [round(images_per_sec, 1), round(augment_p, 6)]))
             log.epoch(epoch, {k: v for k, v in row.items() if k != "epoch"})
             last_row = row
             per_step = (time.perf_counter() - run_started) / max(step - run_first_step, 1)
             eta = int(per_step * (total_steps - step))
             print(f"epoch {epoch}/{t.epochs}: d_loss {means[0]:.4f}, g_loss {means[1]:.4f}, "
                   f"d_acc real {means[2]:.2f} fake {means[3]:.2f}, {images_per_sec:.0f} img/s, "
+                  + (f"augment p {augment_p:.3f}, " if gan.augmenter is not None else "") +
                   f"eta {eta // 60}m{eta % 60:02d}s")
             step_in_epoch, sums = 0, np.zeros(4)
             if epoch % params.sample.every_epochs == 0 or epoch == t.epochs:

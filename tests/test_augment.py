@@ -9,6 +9,7 @@ from conftest import blob_images, tiny_params, write_processed
 from src import runtime
 from src.augment import Augmenter, next_probability
 from src.config import AUGMENT_POLICIES
+from src.train_log import read_rows
 from src.training_loop import GAN, TrainPaths, train
 
 ALL = tuple(AUGMENT_POLICIES)
@@ -108,11 +109,6 @@ def test_next_probability_moves_towards_the_target_and_clips():
     assert next_probability(0.05, -1.0, 0.6, 1000, 10_000) == 0.0
 
 
-def _log_column(path, name):
-    rows = [line.split("\t") for line in path.read_text().splitlines()]
-    return [float(r[rows[0].index(name)]) for r in rows[1:]]
-
-
 @pytest.mark.parametrize("d_learning_rate", [1e-2, 1e-8], ids=["d-overfits", "d-frozen"])
 def test_adaptive_probability_rises_only_when_d_overfits(tmp_path, d_learning_rate):
     """Eight images and a frozen generator: a learning D soon tells every real image apart
@@ -124,9 +120,10 @@ def test_adaptive_probability_rises_only_when_d_overfits(tmp_path, d_learning_ra
                "augment": {"policy": ["translation"], "probability": 0.0, "adaptive": True,
                            "target": 0.6, "speed_kimg": 0.2}})
     write_processed(tmp_path / "p", blob_images(8))
-    paths = TrainPaths(tmp_path / "c", tmp_path / "s", tmp_path / "l.tsv", tmp_path / "g.keras", tmp_path / "e.json")
+    paths = TrainPaths(tmp_path / "c", tmp_path / "s", tmp_path / "log", tmp_path / "g.keras", tmp_path / "e.json")
     train(params, tmp_path / "p", paths)
-    p = _log_column(paths.log, "augment_p")
+    p = [row["augment_p"] for row in read_rows(paths.log).values()]
+    assert len(p) == 6
     if d_learning_rate > 1e-3:
         assert p[-1] > 0.3 and p[-1] > p[0]
     else:

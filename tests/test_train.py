@@ -119,7 +119,9 @@ import numpy as np
 from conftest import tiny_raw, write_processed, blob_images
 from src.config import parse_params
 from src.training_loop import train, TrainPaths
-raw = tiny_raw(train={{"strategy": "mirrored", "epochs": 2, "steps_per_call": 2}})
+raw = tiny_raw(train={{"strategy": "mirrored", "epochs": 2, "steps_per_call": 2,
+                      "augment": {{"policy": ["color", "translation", "cutout"], "adaptive": True}}}},
+               model={{"dcgan": {{"spectral_norm": True}}}})
 raw["data"]["folder"] = {str(tmp_path)!r}
 params = parse_params(raw)
 root = Path({str(tmp_path)!r})
@@ -157,7 +159,12 @@ def _assert_same_state(a: dict, b: dict):
 @pytest.mark.parametrize("variant", [
     {},  # the tiny DCGAN, one step per call
     {"model": {"arch": "mlp"}, "train": {"jit_compile": True, "steps_per_call": 2, "steps_per_epoch": 5}},
-], ids=["dcgan", "mlp-xla-chunks"])
+    # The small-folder options: adaptive augmentation (its probability is checkpointed state),
+    # spectral norm (its power-iteration vectors too), resize upsampling, minibatch std.
+    {"model": {"dcgan": {"spectral_norm": True, "upsample": "bilinear", "minibatch_std": True, "dropout": 0.0}},
+     "train": {"augment": {"policy": ["color", "translation", "cutout"], "probability": 0.3, "adaptive": True,
+                           "speed_kimg": 0.05}}},
+], ids=["dcgan", "mlp-xla-chunks", "dcgan-adaptive-augment-sn"])
 def test_resume_gives_the_same_weights(project, tmp_path_factory, variant):
     override = {**variant, "train": {**variant.get("train", {}), "epochs": 2}}
     straight = project(**override)
