@@ -48,7 +48,7 @@ gpu:  ## on a Linux GPU box: switch .venv (made if missing) to the CUDA build of
 	$(VENV)/bin/pip uninstall --quiet --quiet --yes tensorflow-cpu
 	$(INSTALL) -r requirements-gpu.txt
 	touch $(VENV)/.gpu $(VENV)/.installed
-	python -c "import tensorflow as tf; print('GPUs:', tf.config.list_physical_devices('GPU'))"
+	python -c "import src, tensorflow as tf; print('GPUs:', tf.config.list_physical_devices('GPU'))"
 
 cpu:  ## back from `make gpu` to the CPU build
 	rm -f $(VENV)/.gpu $(VENV)/.installed

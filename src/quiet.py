@@ -12,7 +12,9 @@ library at all, so the ``failed call to cuInit`` error never happens; see the RE
 import hook: while ``tensorflow`` itself is being imported, file descriptor 2 goes to a
 temporary file; then every line except those known start-up lines is written back to
 stderr. Anything else the import prints (a Python warning, a C++ warning or error) and
-everything after the import is untouched. ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2: no C++
+everything after the import is untouched (except where a caller wraps a block in
+:func:`filtered_stderr` too: the classifier's Keras ``fit``, for one harmless TensorFlow
+2.21 line, ``NodeDef mentions attribute use_unbounded_threadpool``). ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2: no C++
 INFO or WARNING lines (such as tf.data's end-of-sequence notices); C++ errors, Python
 warnings and the stages' own lines show. Set it in the environment to see more.
 """
@@ -26,11 +28,14 @@ import re
 import sys
 import tempfile
 
-# Whole lines that TensorFlow prints while it loads and that say nothing is wrong.
+# Whole lines TensorFlow prints that say nothing is wrong: while it loads, and in Keras' fit on arrays.
 NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|I\d{4} [\d:. ]+\d+ \S+\.cc:\d+\] .*"                       # C++ INFO lines (oneDNN, CUDA stubs, CPU features)
-    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)\s*$")
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
+    # Keras' array pipeline on TensorFlow 2.21 (the attribute is ignored; nothing is wrong).
+    r"|E\d{4} [\d:. ]+\d+ node_def_util\.cc:\d+\] NodeDef mentions attribute use_unbounded_threadpool "
+    r"which is not in the op definition: .*)\s*$")
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from src.quiet import filtered_stderr
+
 FEATURES_LAYER = "features"
 PROBS_LAYER = "probs"
 NUM_CLASSES = 10
@@ -76,8 +78,11 @@ def train_classifier(train_images, train_labels, test_images, test_labels, param
                                                       alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, batch_size=params.batch_size, epochs=params.epochs,
-              shuffle=True, verbose=verbose)
+    # Keras' array input pipeline makes TensorFlow 2.21 log a harmless E-level line
+    # ("NodeDef mentions attribute use_unbounded_threadpool ..."): kept out of the log.
+    with filtered_stderr():
+        model.fit(x_train, y_train, batch_size=params.batch_size, epochs=params.epochs,
+                  shuffle=True, verbose=verbose)
     probs = predict_probs(model, x_test, batch_size=1000)
     accuracy = float(np.mean(np.argmax(probs, axis=1) == y_test))
     return model, accuracy
