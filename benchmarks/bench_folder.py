@@ -9,10 +9,11 @@ preset three ways, at the same number of training images each:
 
 Every ``--every`` epochs a generator snapshot is scored against the *whole* folder (not
 the training subset: a generator that only copies its 300 images should not score well),
-with the folder metrics of the evaluate stage on a fixed seed. Prints one table row per
-snapshot and a summary table in Markdown; writes both as TSV to ``--out``.
+with the evaluate stage's folder metrics (Frechet distance on the fixed random conv net,
+SWD; each with its 95% interval) on fixed seeds. Prints one row per snapshot and a
+summary table in Markdown; writes the rows as TSV to ``--out``.
 
-    python benchmarks/bench_folder.py --folder ../shared/data/emoji128 [--kimg 150] [--subsets 0,300]
+    python benchmarks/bench_folder.py --folder ../shared/data/emoji128 [--kimg 100] [--subsets 0,300]
 """
 from __future__ import annotations
 
@@ -55,55 +56,65 @@ def _subset_folder(folder: Path, n: int, seed: int, into: Path) -> Path:
     return into
 
 
-def _score(params, snapshot: Path, reference: np.ndarray, samples: int) -> dict:
-    from src.evaluate import _generate_unit, _load_generator
-    from src.metrics import swd
+def _score(params, snapshot: Path, reference: np.ndarray, samples: int, net) -> dict:
+    """The evaluate stage's folder metrics of ``snapshot`` against ``reference``, on fixed seeds."""
+    from src.evaluate import _generate_unit, _load_generator, folder_metrics
     fake = _generate_unit(params, _load_generator(params, snapshot), samples, METRIC_SEED)
-    ev = params.evaluate
-    (res,) = swd.swd(reference, [fake], ev.swd_patches_per_image, ev.swd_projections, METRIC_SEED)
-    return {"swd": res["mean"]}
+    m = folder_metrics(params.evaluate, reference, fake, net=net, log=lambda msg: None)
+    return {k: m[k] for k in ("fd_random", "fd_random_ci95", "swd", "swd_ci95")}
 
 
-def run(args) -> list[dict]:
-    from src.dataset import open_shards
-    from src.metrics.classifier import to_unit_range
+def train_runs(args, keep: Path) -> None:
+    """Train every (subset, mode) into ``keep``/run-<subset>-<mode>; snapshot times in times.tsv."""
     from src.preprocess import preprocess
     from src.training_loop import TrainPaths, train
 
     base = yaml.safe_load((REPO / "presets" / f"{args.preset}.yaml").read_text())
+    for subset in args.subsets:
+        folder = _subset_folder(Path(args.folder), subset, 0, keep / f"subset{subset}")
+        raw = merge(base, {"data": {"folder": str(folder)}})
+        processed = keep / f"processed{subset}"
+        preprocess(parse_params(raw).data, 0, processed)
+        for mode in args.modes:
+            t = raw["train"]
+            images_per_epoch = args.steps * t["batch_size"]  # the same epoch length for every subset
+            epochs = max(args.every, round(args.kimg * 1000 / images_per_epoch / args.every) * args.every)
+            over = {"train": {"epochs": epochs, "checkpoint_every": epochs, "steps_per_epoch": args.steps,
+                              "augment": merge(t["augment"], MODES[mode])},
+                    "sample": {"every_epochs": args.every}}
+            out = keep / f"run-{subset}-{mode}"
+            (out).mkdir(parents=True, exist_ok=True)
+            (out / "params.yaml").write_text(yaml.safe_dump(merge(raw, over)))
+            paths = TrainPaths(out / "c", out / "s", out / "log", out / "g.keras", out / "env.json")
+            started = time.time()
+            train(parse_params(merge(raw, over)), processed, paths)
+            times = [(int(p.stem.rsplit("_", 1)[1]), (p.stat().st_mtime - started) / 60)
+                     for p in sorted(paths.snapshots.glob("generator_epoch_*.npz"))]
+            (out / "times.tsv").write_text("".join(f"{e}\t{m:.2f}\n" for e, m in times))
+
+
+def score_runs(args, keep: Path) -> list[dict]:
+    """Score every snapshot of every run in ``keep`` against the whole folder (processed0)."""
+    from src.dataset import open_shards
+    from src.metrics import randnet
+    from src.metrics.classifier import to_unit_range
+
+    _, shards = open_shards(keep / "processed0")
+    reference = to_unit_range(np.concatenate([np.asarray(s) for s in shards]), (0.0, 1.0))
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-folder-") as tmp:
-        tmp = Path(tmp)
-        reference = None
-        for subset in args.subsets:
-            folder = _subset_folder(Path(args.folder), subset, 0, tmp / f"subset{subset}")
-            raw = merge(base, {"data": {"folder": str(folder)}})
-            processed = tmp / f"processed{subset}"
-            preprocess(parse_params(raw).data, 0, processed)
-            if reference is None:  # the first subset is the whole folder (or the largest asked)
-                _, shards = open_shards(processed)
-                reference = to_unit_range(np.concatenate([np.asarray(s) for s in shards]),
-                                          parse_params(raw).data.value_range)
-            for mode in args.modes:
-                t = raw["train"]
-                images_per_epoch = args.steps * t["batch_size"]  # the same epoch length for every subset
-                epochs = max(args.every, round(args.kimg * 1000 / images_per_epoch / args.every) * args.every)
-                over = {"train": {"epochs": epochs, "checkpoint_every": epochs, "steps_per_epoch": args.steps,
-                                  "augment": merge(t["augment"], MODES[mode])},
-                        "sample": {"every_epochs": args.every}}
-                params = parse_params(merge(raw, over))
-                out = tmp / f"run-{subset}-{mode}"
-                paths = TrainPaths(out / "c", out / "s", out / "log", out / "g.keras", out / "env.json")
-                started = time.time()
-                train(params, processed, paths)
-                for snap in sorted(paths.snapshots.glob("generator_epoch_*.npz")):
-                    epoch = int(snap.stem.rsplit("_", 1)[1])
-                    row = {"images": subset or len(reference), "mode": mode, "epoch": epoch,
-                           "kimg": round(epoch * images_per_epoch / 1000, 1),
-                           "minutes": round((snap.stat().st_mtime - started) / 60, 2),
-                           **_score(params, snap, reference, args.samples)}
-                    rows.append(row)
-                    print("\t".join(str(v) for v in row.values()), flush=True)
+    for subset in args.subsets:
+        for mode in args.modes:
+            out = keep / f"run-{subset}-{mode}"
+            params = parse_params(yaml.safe_load((out / "params.yaml").read_text()))
+            net = randnet.build_random_net(params.evaluate.classifier.seed)
+            images_per_epoch = params.train.steps_per_epoch * params.train.batch_size
+            for line in (out / "times.tsv").read_text().splitlines():
+                epoch, minutes = int(line.split("\t")[0]), float(line.split("\t")[1])
+                row = {"images": subset or len(reference), "mode": mode, "epoch": epoch,
+                       "kimg": round(epoch * images_per_epoch / 1000, 1), "minutes": minutes,
+                       **_score(params, out / "s" / f"generator_epoch_{epoch:04d}.npz", reference, args.samples, net)}
+                rows.append(row)
+                print("\t".join(str(v) for v in row.values()), flush=True)
     return rows
 
 
@@ -114,26 +125,35 @@ def main() -> None:
     parser.add_argument("--subsets", type=lambda s: [int(x) for x in s.split(",")], default=[0, 300],
                         help="training set sizes; 0 = the whole folder (default 0,300)")
     parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
-    parser.add_argument("--kimg", type=float, default=150, help="thousands of training images per run")
+    parser.add_argument("--kimg", type=float, default=100, help="thousands of training images per run")
     parser.add_argument("--steps", type=int, default=44, help="steps per epoch, for every subset (default 44: "
                                                                   "one pass over 1,432 images at batch 32)")
     parser.add_argument("--every", type=int, default=10, help="epochs between scored snapshots")
     parser.add_argument("--samples", type=int, default=1000, help="generated images per score")
     parser.add_argument("--out", default="bench_folder.tsv", help="TSV of every scored snapshot")
+    parser.add_argument("--keep", help="keep the runs (snapshots, times) in this folder; default: a temp folder")
+    parser.add_argument("--rescore", action="store_true", help="only score the runs already in --keep")
     args = parser.parse_args()
-    rows = run(args)
+    with tempfile.TemporaryDirectory(prefix="bench-folder-") as tmp:
+        keep = Path(args.keep or tmp)
+        if not args.rescore:
+            train_runs(args, keep)
+        rows = score_runs(args, keep)
     header = list(rows[0])
     Path(args.out).write_text("\n".join(["\t".join(header)] + ["\t".join(str(r[k]) for k in header)
                                                                 for r in rows]) + "\n")
-    print("\n| images | augmentation | kimg | minutes | SWD (x1e3, lower is better) final | best |")
-    print("|---|---|---|---|---|---|")
+    print("\n| training images | augmentation | kimg | minutes | FD (random conv) | SWD x1e3 | best FD on the way |")
+    print("|---|---|---|---|---|---|---|")
     for subset in args.subsets:
         for mode in args.modes:
             mine = [r for r in rows if r["mode"] == mode and r["images"] == (subset or rows[0]["images"])]
             if mine:
                 last = mine[-1]
-                print(f"| {last['images']} | {mode} | {last['kimg']} | {last['minutes']} | {last['swd']:.1f} | "
-                      f"{min(r['swd'] for r in mine):.1f} |")
+                lo, hi = last["fd_random_ci95"]
+                slo, shi = last["swd_ci95"]
+                print(f"| {last['images']} | {mode} | {last['kimg']} | {last['minutes']:.1f} | "
+                      f"{last['fd_random']:.2f} [{lo:.2f}, {hi:.2f}] | {last['swd']:.1f} [{slo:.1f}, {shi:.1f}] | "
+                      f"{min(r['fd_random'] for r in mine):.2f} |")
 
 
 if __name__ == "__main__":
