@@ -370,7 +370,8 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
         scratch = Path(tempfile.gettempdir()) / f"gan-train-{task.task_type}{task.task_id}-{where}"
         shutil.rmtree(scratch, ignore_errors=True)
         try:
-            own = TrainPaths(**{f.name: scratch / getattr(paths, f.name).name for f in dataclasses.fields(TrainPaths)})
+            own = TrainPaths(**{f.name: None if getattr(paths, f.name) is None else scratch / getattr(paths, f.name).name
+                                for f in dataclasses.fields(TrainPaths)})
             return _train(params, strategy, manifest, shards, own, paths.checkpoints)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
