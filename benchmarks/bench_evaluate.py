@@ -1,7 +1,7 @@
 """Time the evaluation of 10,000 samples end to end on this machine.
 
 Feature extraction for generated + reference + real (+ noise) images, FID/KID/classifier
-score/coverage, SWD — everything ``stages/evaluate.py`` does except the over-training
+score/coverage, SWD, and their 95% intervals (bootstrap and folds) — everything ``stages/evaluate.py`` does except the over-training
 curve. Uses outputs/classifier/classifier.keras and outputs/generator.keras when they exist;
 otherwise an untrained classifier and an untrained generator of the configured architecture
 stand in (the timing is the same, the metric values are then meaningless). Classifier
@@ -57,10 +57,10 @@ def main() -> None:
         else:
             build_generator(params.model, params.data).save(out / "generator.keras")
             notes.append("untrained stand-in generator")
-        train_log = Path("outputs/train_log/metrics.tsv")
+        train_log = Path("outputs/train_log/metrics.json")  # DVCLive's summary: d_acc_real/fake
         if train_log.is_file():
             (out / "train_log").mkdir()
-            shutil.copy(train_log, out / "train_log" / "metrics.tsv")
+            shutil.copy(train_log, out / "train_log" / "metrics.json")
 
         start = time.perf_counter()
         metrics = evaluate(params, outputs_dir=out)
