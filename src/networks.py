@@ -80,29 +80,32 @@ def _l2_normalize(x):
     return x / ops.sqrt(ops.sum(ops.square(x)) + 1e-12)
 
 
-class SNConv2D(layers.Conv2D):
-    """Conv2D whose kernel is spectrally normalized in every call."""
+class _SpectralNorm:
+    """Adds the power-iteration vector ``sn_u`` (1, outputs) after the wrapped layer's build."""
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.sn_u = self.add_weight(shape=(1, self.filters), initializer="random_normal", trainable=False,
+        outputs = self.kernel.shape[-1]
+        self.sn_u = self.add_weight(shape=(1, outputs), initializer="random_normal", trainable=False,
                                     name="sn_u", aggregation="only_first_replica")
 
+    def _normalized_kernel(self, training):
+        return _spectral_normalized(self.kernel, self.sn_u, training)
+
+
+class SNConv2D(_SpectralNorm, layers.Conv2D):
+    """Conv2D whose kernel is spectrally normalized in every call."""
+
     def call(self, inputs, training=None):
-        outputs = self.convolution_op(inputs, _spectral_normalized(self.kernel, self.sn_u, training))
+        outputs = self.convolution_op(inputs, self._normalized_kernel(training))
         return ops.add(outputs, ops.reshape(self.bias, (1, 1, 1, self.filters))) if self.use_bias else outputs
 
 
-class SNDense(layers.Dense):
+class SNDense(_SpectralNorm, layers.Dense):
     """Dense whose kernel is spectrally normalized in every call."""
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.sn_u = self.add_weight(shape=(1, self.units), initializer="random_normal", trainable=False,
-                                    name="sn_u", aggregation="only_first_replica")
-
     def call(self, inputs, training=None):
-        x = ops.matmul(inputs, _spectral_normalized(self.kernel, self.sn_u, training))
+        x = ops.matmul(inputs, self._normalized_kernel(training))
         return ops.add(x, self.bias) if self.bias is not None else x
 
 

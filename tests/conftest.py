@@ -98,6 +98,18 @@ def run_stage(project_dir: Path, stage: str, timeout: float = 300, **kwargs):
                           capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on the loopback (for worker processes' TF_CONFIG)."""
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def clean_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import free_ports
 from test_faults import BIN, DVC, build_project, dvc
 
 pytestmark = pytest.mark.multiworker
@@ -30,16 +30,6 @@ TRAIN = {"epochs": 4, "steps_per_epoch": 2, "batch_size": 16, "checkpoint_every"
          "strategy": "auto", "worker_timeout": 60, "jit_compile": False}  # XLA has no CPU collectives
 KILL_AT_CHUNK = 5      # of 8: epoch 3, step 1; the checkpoints of epochs 1 and 2 exist by then
 SURVIVOR_BOUND = 120   # seconds the surviving worker may take to stop once the other is dead
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def worker_env(cluster: dict, index: int, tmp: Path, fault: str | None = None) -> dict:
