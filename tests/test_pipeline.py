@@ -368,8 +368,11 @@ def test_folder_preset_end_to_end(tmp_path):
     assert len(manifest["shards"]) == 3  # 16 + 16 + 8
     assert _files(root / "outputs" / "snapshots") == ["generator_epoch_0001.npz", "generator_epoch_0002.npz"]
     from PIL import Image
+    side = 16 * -(-preset["sample"]["display_pixels"] // 16)  # enlarged by a whole factor (112 px: 7x)
     with Image.open(root / "outputs" / "samples" / "grid_epoch_0002.png") as grid:
-        assert grid.mode == "RGB" and grid.size == (4 * 16 + 3 * 2, 2 * 16 + 2)
+        assert grid.mode == "RGB" and grid.size == (4 * side + 3 * 2, 2 * side + 2)
+    with Image.open(root / "outputs" / "samples" / "generated_image_epoch_0002_0.png") as one:
+        assert one.size == (16, 16)  # single images stay at the true size
     metrics = project.metrics()
     assert metrics["feature_net"] == "random-conv" and "inception_weights is off" in metrics["note"]
     assert metrics["num_samples"] == 16 and "swd" in metrics and "swd_real" in metrics
