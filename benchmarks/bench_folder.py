@@ -149,8 +149,8 @@ def main() -> None:
             mine = [r for r in rows if r["mode"] == mode and r["images"] == (subset or rows[0]["images"])]
             if mine:
                 last = mine[-1]
-                lo, hi = last["fd_random_ci95"]
-                slo, shi = last["swd_ci95"]
+                lo, hi = last["fd_random_ci95"]["lo"], last["fd_random_ci95"]["hi"]
+                slo, shi = last["swd_ci95"]["lo"], last["swd_ci95"]["hi"]
                 print(f"| {last['images']} | {mode} | {last['kimg']} | {last['minutes']:.1f} | "
                       f"{last['fd_random']:.2f} [{lo:.2f}, {hi:.2f}] | {last['swd']:.1f} [{slo:.1f}, {shi:.1f}] | "
                       f"{min(r['fd_random'] for r in mine):.2f} |")
