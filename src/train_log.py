@@ -23,7 +23,6 @@ import contextlib
 import csv
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
