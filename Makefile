@@ -64,6 +64,9 @@ bench: $(VENV)/.installed  ## speed and memory figures (several minutes)
 	python benchmarks/bench_preprocess.py
 	python benchmarks/bench_evaluate.py
 
-preset: ## switch params.yaml to a preset: make preset PRESET=folder-128
-	cp presets/$(PRESET).yaml params.yaml
-	@echo "params.yaml is now presets/$(PRESET).yaml; run: make repro"
+# A preset holds only the keys it changes: they are written into params.yaml, every other key and
+# comment stays (src/presets.py). `make preset PRESET=mnist-default` switches back.
+preset:  ## switch params.yaml to a preset: make preset PRESET=folder-fast
+	$(if $(PRESET),,$(error name a preset: make preset PRESET=<one of $(basename $(notdir $(wildcard presets/*.yaml)))>))
+	@python -c "import numpy, yaml" 2>/dev/null || $(MAKE) --no-print-directory $(VENV)/.installed
+	@python -m src.presets $(PRESET)

@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 from src.config import parse_params  # noqa: E402
+from src.presets import preset_params  # noqa: E402
 
 
 def forward_macs(model) -> int:
@@ -77,7 +77,7 @@ def main() -> None:
           "| GPU img/s (est.) | GPU s/epoch of 1,432 (est.) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.preset or ["folder-128"]:
-        raw = yaml.safe_load((REPO / "presets" / f"{name}.yaml").read_text())
+        raw = preset_params(name, REPO / "params.yaml")
         raw["data"]["folder"] = str(REPO)  # the networks need no images; any existing folder validates
         params = parse_params(raw)
         g = forward_macs(build_generator(params.model, params.data))

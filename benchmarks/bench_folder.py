@@ -34,6 +34,7 @@ import yaml  # noqa: E402
 
 from conftest import merge  # noqa: E402
 from src.config import parse_params  # noqa: E402
+from src.presets import preset_params  # noqa: E402
 
 MODES = {
     "off": {"policy": []},
@@ -69,7 +70,7 @@ def train_runs(args, keep: Path) -> None:
     from src.preprocess import preprocess
     from src.training_loop import TrainPaths, train
 
-    base = yaml.safe_load((REPO / "presets" / f"{args.preset}.yaml").read_text())
+    base = preset_params(args.preset, REPO / "params.yaml")
     for subset in args.subsets:
         folder = _subset_folder(Path(args.folder), subset, 0, keep / f"subset{subset}")
         raw = merge(base, {"data": {"folder": str(folder)}})

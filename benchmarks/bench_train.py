@@ -25,16 +25,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 from src.atomic import save_npy, sha256_file, write_json  # noqa: E402
 from src.config import parse_params  # noqa: E402
+from src.presets import preset_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_raw(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
 
 
 def synthetic_shards(folder: Path, n: int, size: int, channels: int, value_range) -> Path:
@@ -134,7 +130,7 @@ def original_conv(params, seconds: float) -> float:
     return steps * b / (time.perf_counter() - start)
 
 
-def ours(params, seconds: float, workdir: Path, steps_hint: int) -> float:
+def ours(params, seconds: float, workdir: Path) -> float:
     """Our train() end to end; images/s over the epochs after the first (compile) one."""
     from src.training_loop import TrainPaths, train
     data = synthetic_shards(workdir / "processed", max(20000, params.train.batch_size * 8),
@@ -148,11 +144,11 @@ def ours(params, seconds: float, workdir: Path, steps_hint: int) -> float:
 
 def case(name: str, seconds: float):
     if name.startswith("mlp"):
-        raw = load_raw(REPO / "params.yaml")
+        raw = preset_params("mnist-default", REPO / "params.yaml")
     elif name == "dcgan28":
-        raw = load_raw(REPO / "presets" / "mnist-dcgan.yaml")
+        raw = preset_params("mnist-dcgan", REPO / "params.yaml")
     else:
-        raw = load_raw(REPO / "presets" / "folder-128.yaml")
+        raw = preset_params("folder-128", REPO / "params.yaml")
     raw["data"]["source"] = "folder"
     raw["data"]["folder"] = str(REPO)
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,7 +163,7 @@ def case(name: str, seconds: float):
             base = original_mlp(probe, seconds, direct=name == "mlp-direct")
         else:
             base = original_conv(probe, seconds)
-        mine = ours(params, seconds, Path(tmp), steps)
+        mine = ours(params, seconds, Path(tmp))
     return probe, base, mine
 
 
