@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from src.config import TrainParams
+from src.determinism import make_deterministic
 from src.errors import UserError
 
 
@@ -22,9 +23,7 @@ def configure(train: TrainParams, seed: int) -> None:
 
     Must run before any model is built (the precision policy applies at build time).
     """
-    keras.utils.set_random_seed(seed)
-    if train.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    make_deterministic(seed, ops=train.deterministic)
     keras.mixed_precision.set_global_policy("float32" if train.mixed_precision == "none" else train.mixed_precision)
 
 

@@ -16,11 +16,10 @@ from src.errors import stage_main  # noqa: E402
 @stage_main
 def main() -> None:
     params = load_params()
-    import tensorflow as tf
-
+    from src.determinism import make_deterministic
     from src.evaluate import evaluate
 
-    tf.config.experimental.enable_op_determinism()
+    make_deterministic()  # op determinism; evaluate seeds its own draws from evaluate.seed
     start = time.perf_counter()
     metrics = evaluate(params)
     shown = ("fid", "kid", "classifier_score", "coverage", "swd", "fid_real", "swd_real")

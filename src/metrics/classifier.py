@@ -61,10 +61,10 @@ def train_classifier(train_images, train_labels, test_images, test_labels, param
     uint8 (0..255) or float in [0, 1]. Seeded and deterministic (op determinism on).
     """
     import keras
-    import tensorflow as tf
 
-    keras.utils.set_random_seed(int(seed))
-    tf.config.experimental.enable_op_determinism()
+    from src.determinism import make_deterministic
+
+    make_deterministic(seed)
     x_train = to_unit_range(train_images)
     x_test = to_unit_range(test_images)
     y_train = np.asarray(train_labels, np.int32)
