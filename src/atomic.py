@@ -21,7 +21,7 @@ import numpy as np
 
 from src import faults
 
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: same arrays give same bytes
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip member timestamp: same contents give same bytes
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -40,17 +40,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
-    path = Path(path)
+def _temp_sibling(path: Path) -> Iterator[str]:
+    """A new temporary file next to ``path``, renamed over it when the block ends (the block
+    has made its data durable), deleted when the block raises."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
         faults.point(f"atomic/{path.as_posix()}")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -61,6 +59,25 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
             # A full disk fails write()/flush() with no file name: say which output it was.
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+    with _temp_sibling(Path(path)) as tmp, open(tmp, mode) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` for a writer that needs a file name (a NumPy memory
+    map, say): flushed to disk and renamed over ``path`` on success, deleted on failure."""
+    with _temp_sibling(Path(path)) as tmp:
+        yield Path(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:
@@ -117,7 +134,7 @@ def save_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> No
     with atomic_open(path, "wb") as handle:
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for name, array in arrays.items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
                 info.external_attr = 0o644 << 16
                 with archive.open(info, "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)

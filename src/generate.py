@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,11 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports Te
 
 import numpy as np  # noqa: E402
 
-from src.atomic import write_bytes  # noqa: E402
+from src.atomic import atomic_path, write_bytes  # noqa: E402
 from src.errors import UserError, stage_main  # noqa: E402
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,12 +88,7 @@ def write_npy(batches, path: Path, n: int, shape: tuple[int, int, int], value_ra
     """Fill ``path`` (uint8 (n, *shape)) from float ``batches`` via a memory-mapped temporary file."""
     from src.sampling import to_uint8
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
+    with atomic_path(path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *shape))
         done = 0
         with _progress(n, "generate") if not quiet else contextlib.nullcontext() as bar:
@@ -110,14 +101,7 @@ def write_npy(batches, path: Path, n: int, shape: tuple[int, int, int], value_ra
         if done != n:
             raise RuntimeError(f"generated {done} images, expected {n}")
         array.flush()
-        del array
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        del array  # unmapped before the rename
 
 
 def write_png_folder(batches, folder: Path, n: int, shape: tuple[int, int, int], value_range,

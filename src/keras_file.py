@@ -18,10 +18,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from src.atomic import write_bytes
+from src.atomic import ZIP_EPOCH, write_bytes
 
 DATE_SAVED = "1980-01-01@00:00:00"
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def _renumber_shared(node, ids: dict) -> None:
@@ -50,7 +49,7 @@ def normalized_bytes(raw: bytes) -> bytes:
                 config = json.loads(data)
                 _renumber_shared(config, {})
                 data = json.dumps(config).encode("utf-8")
-            fixed = zipfile.ZipInfo(info.filename, date_time=_ZIP_EPOCH)
+            fixed = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
             fixed.compress_type = info.compress_type
             fixed.external_attr = 0o644 << 16
             target.writestr(fixed, data)
