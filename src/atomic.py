@@ -40,15 +40,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _temp_sibling(path: Path) -> Iterator[str]:
-    """A new temporary file next to ``path``, renamed over it when the block ends (the block
-    has made its data durable), deleted when the block raises."""
+def _temp_sibling(path: Path) -> Iterator[tuple[int, str]]:
+    """``(fd, name)`` of a new temporary file next to ``path``, renamed over it when the block
+    ends (the block has closed the fd and made its data durable), deleted when it raises."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
-        yield tmp
+        yield fd, tmp
         faults.point(f"atomic/{path.as_posix()}")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -63,8 +62,12 @@ def _temp_sibling(path: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
-    with _temp_sibling(Path(path)) as tmp, open(tmp, mode) as handle:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
+
+    The handle has no file name (``os.fdopen``), so a writer that records one (gzip) writes
+    the same bytes whatever the temporary name.
+    """
+    with _temp_sibling(Path(path)) as (fd, _), os.fdopen(fd, mode) as handle:
         yield handle
         handle.flush()
         os.fsync(handle.fileno())
@@ -74,7 +77,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary sibling of ``path`` for a writer that needs a file name (a NumPy memory
     map, say): flushed to disk and renamed over ``path`` on success, deleted on failure."""
-    with _temp_sibling(Path(path)) as tmp:
+    with _temp_sibling(Path(path)) as (fd, tmp):
+        os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
