@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-RESIZE_POLICIES = ("center_crop", "pad", "stretch")
 
 # LANCZOS after an integer box-reduction when shrinking > 3x: nearly the same
 # quality as plain LANCZOS, several times faster on large photos.

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -110,34 +109,70 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def clean_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def draw_digits(n: int, seed: int = 0, size: int = 28, varied: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` digit-like uint8 images (N, size, size) drawn with Pillow's font, and their labels.
 
-
-def draw_digits(n: int, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` digit-like uint8 images (N, size, size) drawn with Pillow's font, and their labels."""
+    ``varied``: each digit also gets a random font size (16-22), brightness and stroke, and
+    twice the position jitter (the metrics tests' data).
+    """
     from PIL import Image, ImageDraw, ImageFont
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
+    fonts = {s: ImageFont.load_default(size=s) for s in range(16, 23)} if varied else {}
     font = ImageFont.load_default(size=20 * size // 28)
     out = np.zeros((n, size, size), np.uint8)
     for i, label in enumerate(labels):
         img = Image.new("L", (size, size), 0)
-        ImageDraw.Draw(img).text((size / 2 + rng.normal(0, 1), size / 2 + rng.normal(0, 1)), str(label),
-                                 fill=255, font=font, anchor="mm")
+        if varied:
+            font = fonts[int(rng.integers(16, 23))]
+        jitter = 1.5 if varied else 1.0
+        xy = (size / 2 + rng.normal(0, jitter), size / 2 + rng.normal(0, jitter))
+        style = ({"fill": int(rng.integers(200, 256)), "stroke_width": int(rng.integers(0, 2)), "stroke_fill": 255}
+                 if varied else {"fill": 255})
+        ImageDraw.Draw(img).text(xy, str(label), font=font, anchor="mm", **style)
         out[i] = np.asarray(img)
     return out, labels
 
 
-def bomb_png(path: Path, side: int = 20000) -> None:
-    """A valid 1-bit PNG far above Pillow's pixel limit, a few kB on disk."""
+def bomb_png(path: Path, width: int = 20000, height: int | None = None) -> None:
+    """A valid 1-bit PNG of width x height (default far above Pillow's pixel limit), a few kB on disk."""
     import struct
     import zlib
 
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
+    height = width if height is None else height
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
     comp = zlib.compressobj(9)
-    rows = b"".join(comp.compress(b"\x00" * (1 + side // 8) * 500) for _ in range(side // 500)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    body = b"".join(comp.compress(row * 500) for _ in range(height // 500)) + comp.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def write_mnist(folder: Path, train: tuple, test: tuple) -> None:
+    """An MNIST folder as ``data.mnist_dir`` holds it: ``train`` and ``test`` (uint8 images,
+    labels) as the four gzipped IDX files, and SHA256SUMS over them."""
+    from src.mnist import SPLITS, write_idx
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (images, labels) in (("train", train), ("test", test)):
+        write_idx(folder / SPLITS[split][0], images)
+        write_idx(folder / SPLITS[split][1], labels)
+    write_mnist_sums(folder)
+
+
+def write_mnist_sums(folder: Path) -> None:
+    """SHA256SUMS (sha256sum format) over the four IDX files in ``folder``."""
+    from src.mnist import SPLITS, SUMS_FILE
+    names = [name for pair in SPLITS.values() for name in pair]
+    (folder / SUMS_FILE).write_text("".join(f"{sha256_file(folder / name)}  {name}\n" for name in names))
+
+
+TF_CHATTER = ("WARNING: All log messages", "I0000", "W0000", "E0000")  # TensorFlow's start-up lines
+
+
+def stderr_lines(stderr: str) -> list[str]:
+    """The non-blank lines of a process's ``stderr`` other than TensorFlow's start-up chatter
+    (and there must be no traceback)."""
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(TF_CHATTER)]

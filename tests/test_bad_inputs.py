@@ -30,13 +30,12 @@ import yaml
 from PIL import Image
 
 import src.preprocess as prep
-from conftest import REPO, bomb_png, run_stage
+from conftest import REPO, bomb_png, run_stage, write_mnist
 from src import config, images
 from src.atomic import sha256_file, write_json
 from src.config import DataParams
 from src.dataset import open_shards
 from src.errors import UserError
-from src.mnist import SPLITS, write_idx
 
 STAGES = ("preprocess", "train", "sample", "classifier", "evaluate")
 
@@ -443,14 +442,9 @@ def _all_files(folder: Path) -> dict[str, tuple]:
 def test_paths_in_params_cannot_make_a_stage_write_outside_data_and_outputs(tmp_path, source):
     elsewhere = tmp_path / "elsewhere"
     mnist = elsewhere / "mnist"
-    mnist.mkdir(parents=True)
     rng = np.random.default_rng(0)
     digits = rng.integers(0, 256, (20, 28, 28), np.uint8)
-    for split in SPLITS.values():
-        write_idx(mnist / split[0], digits)
-        write_idx(mnist / split[1], np.zeros(20, np.uint8))
-    names = [n for pair in SPLITS.values() for n in pair]
-    (mnist / "SHA256SUMS").write_text("".join(f"{sha256_file(mnist / n)}  {n}\n" for n in names))
+    write_mnist(mnist, (digits, np.zeros(20, np.uint8)), (digits, np.zeros(20, np.uint8)))
     pictures = elsewhere / "pictures"
     pictures.mkdir()
     for i in range(5):

@@ -28,10 +28,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, merge
+from conftest import REPO, merge, write_mnist
 from src import checkpoint
-from src.atomic import load_arrays, sha256_file
-from src.mnist import SPLITS, write_idx
+from src.atomic import load_arrays
 
 BIN = Path(sys.executable).parent
 DVC = BIN / "dvc" if (BIN / "dvc").exists() else shutil.which("dvc")
@@ -55,7 +54,6 @@ TEST_IMAGES = 64
 # ---------------------------------------------------------------------------- scratch project
 def tiny_mnist(folder: Path) -> None:
     """MNIST-format IDX files: a bright bar whose position is the label, plus noise."""
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)
 
     def split(n):
@@ -65,12 +63,7 @@ def tiny_mnist(folder: Path) -> None:
             image[4 + 2 * label:6 + 2 * label, 4:24] = 255
         return images, labels
 
-    for name, n in (("train", TRAIN_IMAGES), ("test", TEST_IMAGES)):
-        images, labels = split(n)
-        write_idx(folder / SPLITS[name][0], images)
-        write_idx(folder / SPLITS[name][1], labels)
-    names = [n for pair in SPLITS.values() for n in pair]
-    (folder / "SHA256SUMS").write_text("".join(f"{sha256_file(folder / n)}  {n}\n" for n in names))
+    write_mnist(folder, split(TRAIN_IMAGES), split(TEST_IMAGES))
 
 
 def build_project(root: Path) -> Path:

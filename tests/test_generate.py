@@ -13,15 +13,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, tiny_raw
+from conftest import REPO, stderr_lines, tiny_raw
 from src import generate
 from src.atomic import save_arrays
 from src.config import parse_params
 from src.networks import build_generator, load_generator, variables_to_arrays
 from src.render import PAD, read_png
 from src.sampling import generate_batches, generate_images, to_uint8
-
-TF_CHATTER = ("WARNING: All log messages", "I0000", "W0000", "E0000")
 
 
 def make_project(folder: Path, size=8, channels=1, value_range=(-1, 1), seed=1, logits=None, name="gen.npz"):
@@ -180,10 +178,8 @@ def test_interrupted_npy_leaves_no_file(tmp_path):
 
 # ---------------------------------------------------------------------------- errors
 def one_error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(TF_CHATTER)]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
+    lines = stderr_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     return lines[0]
 
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from conftest import bomb_png
 from src import images
 from src.images import decode_image, list_images
 
@@ -27,18 +26,6 @@ def decode(path, size=16, channels=3, resize="stretch", background=BG):
 
 def assert_color(arr, rgb, tol=0.06):
     np.testing.assert_allclose(arr.reshape(-1, arr.shape[-1]).mean(axis=0), np.array(rgb) / 255.0, atol=tol)
-
-
-def bomb_png(path, width, height):
-    """A valid 1-bit PNG of width x height that compresses to a few kB (no 50 MB in memory)."""
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    comp = zlib.compressobj(9)
-    body = b"".join(comp.compress(row * 500) for _ in range(height // 500)) + comp.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
 # ---------------------------------------------------------------------------- formats

@@ -3,32 +3,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageFilter
 
+from conftest import draw_digits
 from src.errors import UserError
 from src.metrics import inception
 from src.metrics.classifier import class_coverage, classifier_score
 from src.metrics.frechet import feature_stats, frechet_distance, frechet_from_features
-from src.metrics.kid import kernel_inception_distance, mmd2_biased, mmd2_unbiased
+from src.metrics.kid import kernel_inception_distance, mmd2_unbiased, polynomial_kernel
 from src.metrics.swd import laplacian_pyramid, level_sizes, swd
 
 
 # ---------------------------------------------------------------- synthetic data and features
-def draw_digits(n: int, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
-    """Digit-like uint8 images (n, size, size): a random digit drawn with jittered size/offset."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n)
-    out = np.zeros((n, size, size), np.uint8)
-    fonts = {s: ImageFont.load_default(size=s) for s in range(16, 23)}
-    for i, label in enumerate(labels):
-        img = Image.new("L", (size, size), 0)
-        draw = ImageDraw.Draw(img)
-        font = fonts[int(rng.integers(16, 23))]
-        draw.text((size / 2 + rng.normal(0, 1.5), size / 2 + rng.normal(0, 1.5)), str(label),
-                  fill=int(rng.integers(200, 256)), font=font, anchor="mm", stroke_width=int(rng.integers(0, 2)),
-                  stroke_fill=255)
-        out[i] = np.asarray(img)
-    return out, labels
+def mmd2_biased(x: np.ndarray, y: np.ndarray) -> float:
+    """The biased V-statistic (diagonal included), to compare the unbiased estimate with."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return float(polynomial_kernel(x, x).mean() + polynomial_kernel(y, y).mean() - 2.0 * polynomial_kernel(x, y).mean())
 
 
 def blur(images: np.ndarray, radius: float) -> np.ndarray:
@@ -54,7 +44,7 @@ def random_conv_features(images_u8: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def digits():
-    images, labels = draw_digits(1200, seed=0)
+    images, labels = draw_digits(1200, seed=0, varied=True)
     return images, labels
 
 
@@ -187,7 +177,7 @@ def test_swd_pyramid_levels():
 @pytest.mark.parametrize("shape", [(120, 28, 28, 1), (40, 32, 32, 3), (30, 20, 20, 1)])
 def test_swd_zero_for_identical_and_larger_for_noise(shape):
     rng = np.random.default_rng(0)
-    images, _ = draw_digits(2 * shape[0], seed=1, size=shape[1])
+    images, _ = draw_digits(2 * shape[0], seed=1, size=shape[1], varied=True)
     images = np.repeat(images[..., None].astype(np.float32) / 255, shape[3], axis=-1)
     a, b = images[:shape[0]], images[shape[0]:]
     noise = rng.random(a.shape, dtype=np.float32)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from src.atomic import sha256_file
+from conftest import write_mnist, write_mnist_sums
 from src.errors import UserError
 from src.mnist import SPLITS, load_mnist, read_idx, write_idx
 
@@ -15,22 +15,10 @@ from src.mnist import SPLITS, load_mnist, read_idx, write_idx
 def make_mnist(folder, n_train=12, n_test=5, seed=0):
     """A tiny MNIST-format folder (four gzipped IDX files + SHA256SUMS); returns the arrays."""
     rng = np.random.default_rng(seed)
-    data = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-        img_name, lbl_name = SPLITS[split]
-        write_idx(folder / img_name, images)
-        write_idx(folder / lbl_name, labels)
-        data[split] = (images, labels)
-    write_sums(folder)
+    data = {split: (rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n, dtype=np.uint8))
+            for split, n in (("train", n_train), ("test", n_test))}
+    write_mnist(folder, data["train"], data["test"])
     return data
-
-
-def write_sums(folder):
-    names = [n for pair in SPLITS.values() for n in pair]
-    lines = [f"{sha256_file(folder / n)}  {n}\n" for n in names]
-    (folder / "SHA256SUMS").write_text("".join(lines))
 
 
 def test_round_trip_both_splits(tmp_path):
@@ -67,7 +55,7 @@ def test_bad_header_names_file(tmp_path):
     name = SPLITS["train"][1]
     with gzip.open(tmp_path / name, "wb") as handle:
         handle.write(b"\x12\x34\x56\x78garbage")
-    write_sums(tmp_path)  # checksum matches: the header check must catch it
+    write_mnist_sums(tmp_path)  # checksum matches: the header check must catch it
     with pytest.raises(UserError, match=f"{name}.*header"):
         load_mnist(str(tmp_path), "train")
 
@@ -78,7 +66,7 @@ def test_dims_disagree_with_data(tmp_path):
     raw = gzip.decompress((tmp_path / name).read_bytes())
     with gzip.open(tmp_path / name, "wb") as handle:
         handle.write(raw[:-10])  # truncated body
-    write_sums(tmp_path)
+    write_mnist_sums(tmp_path)
     with pytest.raises(UserError, match=name):
         load_mnist(str(tmp_path), "test")
 

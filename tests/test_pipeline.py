@@ -2,7 +2,7 @@
 both presets, and a push/clone/pull round trip through a local-folder remote.
 
 Each project is a scratch copy of this repository's pipeline (dvc.yaml, stages/, src/,
-.dvc/config) in a temp folder, with a tiny MNIST made with ``write_idx`` and tiny params, so
+.dvc/config) in a temp folder, with a tiny MNIST (IDX files) and tiny params, so
 the lead's data and outputs in the working tree are never touched. The MNIST project is
 built and reproduced once per module and shared by the tests, in file order.
 """
@@ -20,9 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, merge
-from src.atomic import sha256_file
-from src.mnist import SPLITS, write_idx
+from conftest import REPO, merge, write_mnist
 
 STAGES = ("preprocess", "train", "sample", "classifier", "evaluate")
 RUNNING = re.compile(r"Running stage '([^']+)'")
@@ -131,14 +129,7 @@ def tiny_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_tiny_mnist(folder: Path, n_train: int = 256, n_test: int = 128) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
-        images, labels = tiny_digits(n, seed)
-        image_file, label_file = SPLITS[split]
-        write_idx(folder / image_file, images)
-        write_idx(folder / label_file, labels)
-    names = [name for pair in SPLITS.values() for name in pair]
-    (folder / "SHA256SUMS").write_text("".join(f"{sha256_file(folder / n)}  {n}\n" for n in names))
+    write_mnist(folder, tiny_digits(n_train, 1), tiny_digits(n_test, 2))
 
 
 def write_tiny_images(folder: Path, n: int = 40) -> None:

@@ -13,14 +13,12 @@ import pytest
 from PIL import Image
 
 import src.preprocess as prep
-from conftest import bomb_png
+from conftest import REPO, bomb_png, write_mnist
 from src.atomic import sha256_file
 from src.config import DataParams, to_dict
 from src.dataset import open_shards, read_manifest
 from src.errors import UserError
-from src.mnist import SPLITS, write_idx
 
-REPO = Path(__file__).resolve().parent.parent
 GOOD = ("a.png", "b/c.JPG", "d e.gif", "f.webp")
 BROKEN = {"empty.png": "zero bytes", "text.png": "not an image", "trunc.jpg": "truncated or corrupt",
           "trunc.png": "truncated or corrupt", "bomb.png": "decompression bomb"}
@@ -56,12 +54,7 @@ def folder_params(folder: Path, **over) -> DataParams:
 def make_mnist(folder: Path, n=12) -> np.ndarray:
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (n, 28, 28), np.uint8)
-    write_idx(folder / SPLITS["train"][0], images)
-    write_idx(folder / SPLITS["train"][1], rng.integers(0, 10, n).astype(np.uint8))
-    write_idx(folder / SPLITS["test"][0], images[:2])
-    write_idx(folder / SPLITS["test"][1], np.zeros(2, np.uint8))
-    names = [n for pair in SPLITS.values() for n in pair]
-    (folder / "SHA256SUMS").write_text("".join(f"{sha256_file(folder / n)}  {n}\n" for n in names))
+    write_mnist(folder, (images, rng.integers(0, 10, n).astype(np.uint8)), (images[:2], np.zeros(2, np.uint8)))
     return images
 
 

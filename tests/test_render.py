@@ -10,14 +10,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, run_stage, tiny_raw
+from conftest import REPO, run_stage, stderr_lines, tiny_raw
 from src.atomic import save_arrays
 from src.config import parse_params
 from src.errors import UserError
 from src.networks import build_generator, variables_to_arrays
 from src.render import PAD, PAD_VALUE, display_scale, encode_png, make_grid, read_png, render_samples, upscale
-
-TF_CHATTER = ("WARNING: All log messages", "I0000", "W0000", "E0000")
 
 
 def params_for(size=8, channels=1, value_range=(-1, 1), count=6, grid_columns=4, progress_columns=3,
@@ -269,17 +267,11 @@ def write_project(folder: Path, **sample) -> None:
     (folder / "params.yaml").write_text(yaml.safe_dump(raw))
 
 
-def error_lines(stderr: str) -> list[str]:
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(TF_CHATTER)]
-    assert "Traceback" not in stderr
-    return lines
-
-
 def test_stage_without_snapshots_exits_2_with_one_line(tmp_path):
     write_project(tmp_path)
     result = run_stage(tmp_path, "sample", timeout=120)
     assert result.returncode == 2
-    assert error_lines(result.stderr) == [
+    assert stderr_lines(result.stderr) == [
         "error: outputs/snapshots: snapshot folder not found (run the train stage first)"]
 
 
@@ -292,7 +284,7 @@ def test_stage_renders_then_stops_at_a_corrupt_snapshot_with_one_line(tmp_path):
     (snap / "generator_epoch_0002.npz").write_bytes(b"garbage")
     result = run_stage(tmp_path, "sample", timeout=180)
     assert result.returncode == 2
-    lines = error_lines(result.stderr)
+    lines = stderr_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: outputs/snapshots/generator_epoch_0002.npz: cannot read")
     samples = tmp_path / "outputs" / "samples"
     assert (samples / "generated_image_epoch_0001_3.png").is_file()  # work done before the error is kept

@@ -76,10 +76,8 @@ def _trace_sqrt_product(a1: np.ndarray, a2: np.ndarray) -> float:
     return float(np.sqrt(eig).sum())
 
 
-def weighted_frechet(x1: np.ndarray, w1: np.ndarray, x2: np.ndarray, w2: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to rows of ``x1``/``x2`` repeated ``w1``/``w2`` times."""
-    mu1, a1 = _weighted_centered(x1, w1)
-    mu2, a2 = _weighted_centered(x2, w2)
+def _frechet_centered(mu1: np.ndarray, a1: np.ndarray, mu2: np.ndarray, a2: np.ndarray) -> float:
+    """Frechet distance between Gaussians given by means and factors of their covariances (S = A'A)."""
     diff = mu1 - mu2
     value = diff @ diff + np.einsum("ij,ij->", a1, a1) + np.einsum("ij,ij->", a2, a2) \
         - 2.0 * _trace_sqrt_product(a1, a2)
@@ -140,10 +138,7 @@ def frechet_intervals(reference: np.ndarray, others: Sequence[np.ndarray], estim
             mu_r, a_r = _weighted_centered(ref, w_ref)
             for j, x in enumerate(sets):
                 w = rng.multinomial(len(x), np.full(len(x), 1.0 / len(x))).astype(np.float64)
-                mu, a = _weighted_centered(x, w)
-                diff = mu - mu_r
-                values[b, j] = max(float(diff @ diff + np.einsum("ij,ij->", a, a) + np.einsum("ij,ij->", a_r, a_r)
-                                         - 2.0 * _trace_sqrt_product(a, a_r)), 0.0)
+                values[b, j] = _frechet_centered(*_weighted_centered(x, w), mu_r, a_r)
     return [_interval(est, Z975 * float(values[:, j].std(ddof=1))) for j, est in enumerate(estimates)]
 
 

@@ -33,14 +33,6 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(sum_xx + sum_yy - 2.0 * kxy.mean())
 
 
-def mmd2_biased(x: np.ndarray, y: np.ndarray) -> float:
-    """The biased V-statistic (diagonal included); only for comparison in tests."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    return float(polynomial_kernel(x, x).mean() + polynomial_kernel(y, y).mean()
-                 - 2.0 * polynomial_kernel(x, y).mean())
-
-
 def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100,
                               subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """KID between feature sets ``f1`` and ``f2``: (mean, spread) over random subsets.

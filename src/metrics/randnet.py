@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from src.metrics.classifier import FEATURES_LAYER
+
 WIDTHS = (32, 64, 128, 256)
-FEATURES_LAYER = "features"
 NAME = "random_conv"
 
 
