@@ -48,9 +48,9 @@ def forward_macs(model) -> int:
 def measure(params, seconds: float) -> float:
     import tensorflow as tf
     from src import runtime
-    from src.training_loop import GAN
+    from src.training_loop import build_gan
     runtime.configure(params.train, params.common.seed)
-    gan = GAN(params, tf.distribute.get_strategy())
+    gan = build_gan(params, tf.distribute.get_strategy())
     size, channels, b = params.data.image_size, params.data.channels, params.train.batch_size
     k = params.train.steps_per_call
     real = tf.constant(np.random.default_rng(0).uniform(0, 1, (k * b, size, size, channels)).astype(np.float32))

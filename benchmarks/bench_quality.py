@@ -29,8 +29,8 @@ from src.config import parse_params  # noqa: E402
 
 
 def our_train_seconds(log: Path, batch_size: int, steps_per_epoch: int) -> float:
-    rows = [line.split("\t") for line in log.read_text().splitlines()[1:]]
-    return sum(steps_per_epoch * batch_size / float(r[-1]) for r in rows)
+    from src.train_log import read_rows
+    return sum(steps_per_epoch * batch_size / row["images_per_sec"] for row in read_rows(log).values())
 
 
 def train_original(params, seconds: float, images: np.ndarray):
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="training time (default: what our train stage took)")
     args = parser.parse_args()
     ours = parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
-    seconds = args.seconds or our_train_seconds(REPO / "outputs/train_log/metrics.tsv",
+    seconds = args.seconds or our_train_seconds(REPO / "outputs/train_log",
                                                 ours.train.batch_size, ours.train.steps_per_epoch)
     our_metrics = json.loads((REPO / "outputs/metrics.json").read_text())
 

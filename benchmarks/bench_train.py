@@ -136,10 +136,10 @@ def ours(params, seconds: float, workdir: Path) -> float:
     data = synthetic_shards(workdir / "processed", max(20000, params.train.batch_size * 8),
                             params.data.image_size, params.data.channels, params.data.value_range)
     out = workdir / "out"
-    train(params, data, TrainPaths(out / "c", out / "s", out / "log.tsv", out / "g.keras", out / "e.json"))
-    rows = [line.split("\t") for line in (out / "log.tsv").read_text().splitlines()[1:]]
-    rates = [float(r[-1]) for r in rows[1:]] or [float(rows[0][-1])]
-    return float(np.median(rates))
+    from src.train_log import read_rows
+    train(params, data, TrainPaths(out / "c", out / "s", out / "log", out / "g.keras", out / "e.json"))
+    rates = [row["images_per_sec"] for _, row in sorted(read_rows(out / "log").items())]
+    return float(np.median(rates[1:] or rates))
 
 
 def case(name: str, seconds: float):

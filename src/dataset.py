@@ -100,3 +100,24 @@ def open_shards(processed_dir: str | os.PathLike, verify: bool = True) -> tuple[
                             f"{DTYPE} {list(want)}; run the preprocess stage again")
         arrays.append(array)
     return manifest, arrays
+
+
+class ShardReader:
+    """Random access to the rows of memory-mapped shards as one array (never all in memory)."""
+
+    def __init__(self, shards: list[np.ndarray]):
+        self.shards = shards
+        self.starts = np.cumsum([0] + [len(s) for s in shards])
+        self.count = int(self.starts[-1])
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` (global, in the given order) of the shards' concatenation, as float32."""
+        indices = np.asarray(indices)
+        out = np.empty((len(indices),) + tuple(self.shards[0].shape[1:]), np.float32)
+        which = np.searchsorted(self.starts, indices, side="right") - 1
+        for s in np.unique(which):
+            sel = np.nonzero(which == s)[0]
+            local = indices[sel] - self.starts[s]
+            order = np.argsort(local)  # sorted reads are sequential reads on the memory map
+            out[sel[order]] = self.shards[s][local[order]]
+        return out

@@ -24,8 +24,6 @@ seeds are measured with the same ruler, and the same inputs give the same bytes.
 """
 from __future__ import annotations
 
-import json
-import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,20 +31,20 @@ from typing import Callable
 import numpy as np
 
 from src.atomic import write_json, write_text
-from src import faults
+from src import faults, train_log
 from src.errors import UserError
 from src.metrics import classifier as cls
 from src.metrics import intervals
 from src.metrics import swd as swd_mod
 from src.metrics.frechet import feature_stats, frechet_distance
 from src.metrics.kid import kernel_inception_distance, kid_fold_values
+from src.paths import OUTPUTS, PROCESSED, Outputs
+from src.snapshots import list_snapshots
 
-SNAPSHOT_RE = re.compile(r"generator_epoch_(\d+)\.npz$")
 SIGNIFICANT = 6  # digits kept in metrics.json / eval_curve.tsv (stable bytes, no false precision)
 
 # Seeds derived from params.evaluate.seed, one per random stream.
 _GEN, _KID, _SWD, _NOISE, _SPLIT, _BOOT, _FOLDS = 0, 1, 2, 3, 4, 5, 6
-TRAIN_SUMMARY = Path("train_log") / "metrics.json"  # DVCLive's summary, under outputs/
 
 
 # ---------------------------------------------------------------- collaborators (lazy imports)
@@ -104,28 +102,14 @@ def _seed(ev, stream: int) -> int:
     return int(ev.seed) * 16 + 1000 + stream
 
 
-def read_train_log(path: Path) -> dict:
-    """``d_acc_real``/``d_acc_fake`` of the last epoch from DVCLive's summary, {} if absent."""
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+def read_train_log(folder: Path) -> dict:
+    """``d_acc_real``/``d_acc_fake`` of the last epoch from the train log's summary, {} if absent."""
+    summary = train_log.summary(folder)
     out = {}
     for key in ("d_acc_real", "d_acc_fake"):
         if isinstance(summary, dict) and isinstance(summary.get(key), (int, float)):
             out[key] = float(summary[key])
     return out
-
-
-def list_snapshots(snapshot_dir: Path) -> list[tuple[int, Path]]:
-    if not snapshot_dir.is_dir():
-        return []
-    found = []
-    for path in snapshot_dir.iterdir():
-        m = SNAPSHOT_RE.search(path.name)
-        if m:
-            found.append((int(m.group(1)), path))
-    return sorted(found)
 
 
 def _generate_unit(params, generator, n: int, seed: int) -> np.ndarray:
@@ -198,11 +182,11 @@ def _distances(ev, ref_feats: np.ndarray, feats: dict[str, np.ndarray], fd_key: 
 
 
 # ---------------------------------------------------------------- MNIST-like data
-def _evaluate_mnist(params, outputs: Path, log: Callable[[str], None]) -> tuple[dict, str]:
+def _evaluate_mnist(params, outputs: Outputs, log: Callable[[str], None]) -> tuple[dict, str]:
     ev = params.evaluate
     n = ev.num_samples
-    net = _load_feature_net(outputs / "classifier" / "classifier.keras", "mnist-cnn")
-    gen_path = outputs / "generator.keras"
+    net = _load_feature_net(outputs.classifier, "mnist-cnn")
+    gen_path = outputs.generator
     if not gen_path.is_file():
         raise UserError(f"{gen_path}: generator not found (run the train stage first)")
 
@@ -249,7 +233,7 @@ def _evaluate_mnist(params, outputs: Path, log: Callable[[str], None]) -> tuple[
     nc = min(ev.curve_samples, len(ref))
     curve_ref = feature_stats(feats["ref"][:nc])
     rows = []
-    for epoch, path in list_snapshots(outputs / "snapshots"):
+    for epoch, path in list_snapshots(outputs.snapshots):
         images = _generate_unit(params, _load_generator(params, path), nc, _seed(ev, _GEN))
         f, _ = cls.features_and_probs(net, images, ev.batch_size)
         rows.append((epoch, frechet_distance(*feature_stats(f), *curve_ref)))
@@ -260,19 +244,6 @@ def _evaluate_mnist(params, outputs: Path, log: Callable[[str], None]) -> tuple[
 
 
 # ---------------------------------------------------------------- folder data
-def _gather(shards: list, indices: np.ndarray) -> np.ndarray:
-    """Rows ``indices`` (global, in order) of the concatenation of ``shards``."""
-    bounds = np.cumsum([0] + [len(s) for s in shards])
-    out = np.empty((len(indices),) + tuple(shards[0].shape[1:]), np.float32)
-    which = np.searchsorted(bounds, indices, side="right") - 1
-    for s in np.unique(which):
-        sel = np.nonzero(which == s)[0]
-        local = indices[sel] - bounds[s]
-        order = np.argsort(local)  # read each shard front to back
-        out[sel[order]] = np.asarray(shards[s][local[order]], np.float32)
-    return out
-
-
 def folder_metrics(ev, reference: np.ndarray, fake: np.ndarray, real: np.ndarray | None = None,
                    net=None, inception_net=None, log: Callable[[str], None] = _log) -> dict:
     """The folder metrics of generated images ``fake`` (and a real floor ``real``) against ``reference``.
@@ -312,8 +283,9 @@ def folder_metrics(ev, reference: np.ndarray, fake: np.ndarray, real: np.ndarray
     return m
 
 
-def _evaluate_folder(params, outputs: Path, processed_dir: Path,
+def _evaluate_folder(params, outputs: Outputs, processed_dir: Path,
                      log: Callable[[str], None]) -> tuple[dict, str]:
+    from src.dataset import ShardReader
     from src.metrics import inception
 
     ev = params.evaluate
@@ -324,10 +296,11 @@ def _evaluate_folder(params, outputs: Path, processed_dir: Path,
         raise UserError(f"{processed_dir}: only {total} images; evaluation needs at least 8")
     half = min(ev.num_samples, total // 2)
     order = np.random.default_rng(_seed(ev, _SPLIT)).permutation(total)
-    real_a = cls.to_unit_range(_gather(shards, order[:half]), value_range)
-    real_b = cls.to_unit_range(_gather(shards, order[half:2 * half]), value_range)
-    net = _load_feature_net(outputs / "classifier" / "classifier.keras", "random-conv")
-    gen_path = outputs / "generator.keras"
+    reader = ShardReader(shards)
+    real_a = cls.to_unit_range(reader.gather(order[:half]), value_range)
+    real_b = cls.to_unit_range(reader.gather(order[half:2 * half]), value_range)
+    net = _load_feature_net(outputs.classifier, "random-conv")
+    gen_path = outputs.generator
     if not gen_path.is_file():
         raise UserError(f"{gen_path}: generator not found (run the train stage first)")
     fake = _generate_unit(params, _load_generator(params, gen_path), half, _seed(ev, _GEN))
@@ -344,7 +317,7 @@ def _evaluate_folder(params, outputs: Path, processed_dir: Path,
 
     nc = min(ev.curve_samples, half)
     rows = []
-    for epoch, path in list_snapshots(outputs / "snapshots"):
+    for epoch, path in list_snapshots(outputs.snapshots):
         images = _generate_unit(params, _load_generator(params, path), nc, _seed(ev, _GEN))
         (res,) = swd_mod.swd(real_a[:nc], [images], ev.swd_patches_per_image, ev.swd_projections,
                              _seed(ev, _SWD))
@@ -356,22 +329,25 @@ def _evaluate_folder(params, outputs: Path, processed_dir: Path,
 
 
 # ---------------------------------------------------------------- entry point
-def evaluate(params, outputs_dir: str | Path = "outputs", processed_dir: str | Path = "data/processed",
+def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Path = PROCESSED,
              write: bool = True, log: Callable[[str], None] = _log) -> dict:
     """Compute the metrics; write ``metrics.json`` and ``eval_curve.tsv`` under ``outputs_dir``.
+
+    Reads (under ``outputs_dir``, see :class:`src.paths.Outputs`) the generator, its
+    snapshots, the classifier stage's network and the train log's summary.
 
     Returns the metrics dict: numbers, strings and ``{"lo", "hi"}`` intervals (floats
     rounded to 6 significant digits).
     """
-    outputs = Path(outputs_dir)
+    outputs = Outputs(Path(outputs_dir))
     mnist_like = params.data.image_size == 28 and params.data.channels == 1 and params.data.source == "mnist"
     if mnist_like:
         metrics, curve = _evaluate_mnist(params, outputs, log)
     else:
         metrics, curve = _evaluate_folder(params, outputs, Path(processed_dir), log)
-    metrics.update(read_train_log(outputs / TRAIN_SUMMARY))
+    metrics.update(read_train_log(outputs.train_log))
     metrics = {k: _rounded(v) for k, v in metrics.items()}
     if write:
-        write_json(outputs / "metrics.json", metrics)
-        write_text(outputs / "eval_curve.tsv", curve)
+        write_json(outputs.metrics, metrics)
+        write_text(outputs.eval_curve, curve)
     return metrics

@@ -36,8 +36,8 @@ from src.atomic import sha256_file, write_bytes, write_json
 from src.config import Params
 from src import faults
 from src.errors import UserError
+from src.snapshots import PATTERN, list_snapshots
 
-SNAPSHOT_RE = re.compile(r"^generator_epoch_(\d+)\.npz$")
 OUTPUT_RE = re.compile(r"^(generated_image_epoch_\d+_\d+\.png|grid_epoch_\d+\.png)$")
 TEMP_RE = re.compile(r"^\.(generated_image_epoch_|grid_epoch_|progress\.|index\.json).*\.tmp$")
 INDEX = "index.json"
@@ -127,18 +127,13 @@ def snapshot_files(epoch: int, count: int) -> list[str]:
 
 
 def find_snapshots(snapshots_dir: Path) -> list[tuple[int, Path]]:
-    """``(epoch, path)`` of every ``generator_epoch_XXXX.npz``, in epoch order."""
+    """``(epoch, path)`` of every snapshot (:mod:`src.snapshots`), in epoch order; none is a UserError."""
     if not snapshots_dir.is_dir():
         raise UserError(f"{snapshots_dir}: snapshot folder not found (run the train stage first)")
-    found = []
-    for path in snapshots_dir.iterdir():
-        match = SNAPSHOT_RE.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
+    found = list_snapshots(snapshots_dir)
     if not found:
-        raise UserError(f"{snapshots_dir}: no generator snapshots (generator_epoch_XXXX.npz) in this folder "
+        raise UserError(f"{snapshots_dir}: no generator snapshots ({PATTERN}) in this folder "
                         "(run the train stage first)")
-    found.sort()
     epochs = [e for e, _ in found]
     if len(set(epochs)) != len(epochs):  # e.g. generator_epoch_5.npz next to generator_epoch_0005.npz
         dup = next(e for e in epochs if epochs.count(e) > 1)

@@ -31,12 +31,14 @@ import numpy as np
 
 from src.atomic import write_text
 
-GRID_FOLDER = "grid"   # images/grid/<epoch>.png
+SUMMARY = "metrics.json"  # folder/metrics.json: DVCLive's summary
+PLOTS = "plots"           # folder/plots/: metrics/<column>.tsv and images/grid/<epoch>.png
+GRID_FOLDER = "grid"      # images/grid/<epoch>.png
 _IMAGE_RE = re.compile(r"^(\d+)\.png$")
 
 
 def metric_files(folder: Path) -> list[Path]:
-    return sorted((Path(folder) / "plots" / "metrics").glob("*.tsv"))
+    return sorted((Path(folder) / PLOTS / "metrics").glob("*.tsv"))
 
 
 def read_rows(folder: Path) -> dict[int, dict[str, float]]:
@@ -58,7 +60,7 @@ def read_rows(folder: Path) -> dict[int, dict[str, float]]:
 
 def image_files(folder: Path) -> list[tuple[int, Path]]:
     found = []
-    grid = Path(folder) / "plots" / "images" / GRID_FOLDER
+    grid = Path(folder) / PLOTS / "images" / GRID_FOLDER
     for path in grid.iterdir() if grid.is_dir() else ():
         m = _IMAGE_RE.match(path.name)
         if m:
@@ -81,7 +83,7 @@ def _cut_back(folder: Path, last_epoch: int) -> dict[int, dict[str, float]]:
         if epoch > last_epoch:
             path.unlink()
     rows = read_rows(folder)
-    path = Path(folder) / "metrics.json"
+    path = Path(folder) / SUMMARY
     if rows:
         last = max(rows)
         old = summary(folder)  # its key order is DVCLive's logging order: keep it
@@ -193,6 +195,6 @@ class TrainLog:
 def summary(folder: Path) -> dict:
     """DVCLive's ``metrics.json`` (the last epoch), {} when absent or unreadable."""
     try:
-        return json.loads((Path(folder) / "metrics.json").read_text(encoding="utf-8"))
+        return json.loads((Path(folder) / SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}

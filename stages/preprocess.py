@@ -13,15 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src.config import load_params  # noqa: E402
 from src.errors import stage_main  # noqa: E402
+from src.paths import PROCESSED  # noqa: E402
 from src.preprocess import preprocess  # noqa: E402
-
-OUT_DIR = Path("data/processed")
 
 
 @stage_main
 def main() -> None:
     params = load_params()
-    preprocess(params.data, params.common.seed, OUT_DIR)
+    preprocess(params.data, params.common.seed, PROCESSED)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,11 @@
 Reads params sections common, data, model and sample; reads outputs/snapshots and writes
 outputs/samples (see src/render.py for the files and the incremental index).
 """
-from pathlib import Path
-
 import _bootstrap  # noqa: F401  (repository root on sys.path)
 
 from src.config import load_params
 from src.errors import stage_main
-
-SNAPSHOTS = Path("outputs/snapshots")
-SAMPLES = Path("outputs/samples")
+from src.paths import Outputs
 
 
 @stage_main
@@ -19,10 +15,11 @@ def main() -> None:
     params = load_params()
     from src.render import render_samples  # TensorFlow loads only after params are valid
 
-    s = render_samples(params, SNAPSHOTS, SAMPLES)
+    outputs = Outputs()
+    s = render_samples(params, outputs.snapshots, outputs.samples)
     print(f"sample: {s['snapshots']} snapshots, {s['rendered']} rendered, {s['skipped']} unchanged, "
           f"{s['removed']} stale files removed; progress {'rebuilt' if s['progress'] else 'unchanged'}; "
-          f"images in {SAMPLES}")
+          f"images in {outputs.samples}")
 
 
 if __name__ == "__main__":

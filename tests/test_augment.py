@@ -10,7 +10,7 @@ from src import runtime
 from src.augment import Augmenter, next_probability
 from src.config import AUGMENT_POLICIES
 from src.train_log import read_rows
-from src.training_loop import GAN, TrainPaths, train
+from src.training_loop import TrainPaths, build_gan, train
 
 ALL = tuple(AUGMENT_POLICIES)
 
@@ -86,7 +86,7 @@ def test_generator_receives_gradients_through_the_augmentation():
     params = tiny_params(data={"channels": 3, "range": [0, 1]},
                          train={"augment": {"policy": list(ALL), "probability": 1.0}})
     runtime.configure(params.train, params.common.seed)
-    gan = GAN(params, tf.distribute.get_strategy())
+    gan = build_gan(params, tf.distribute.get_strategy())
     z = tf.random.stateless_normal([4, params.model.latent_dim], seed=[0, 1])
 
     @tf.function

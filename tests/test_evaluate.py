@@ -14,6 +14,7 @@ from conftest import draw_digits  # noqa: E402
 
 from src import evaluate as ev
 from src.config import parse_params
+from src.dataset import ShardReader
 from src.errors import UserError
 from src.metrics import classifier as cls
 from src.metrics import inception
@@ -233,4 +234,4 @@ def test_feature_net_of_the_other_source_is_a_user_error(tmp_path, monkeypatch, 
 def test_gather_across_shards():
     shards = [np.arange(5, dtype=np.float32)[:, None], np.arange(5, 12, dtype=np.float32)[:, None]]
     idx = np.array([11, 0, 6, 4, 5])
-    assert ev._gather(shards, idx).ravel().tolist() == [11, 0, 6, 4, 5]
+    assert ShardReader(shards).gather(idx).ravel().tolist() == [11, 0, 6, 4, 5]

@@ -16,7 +16,7 @@ from conftest import REPO, run_stage, tiny_params
 from src import checkpoint, runtime
 from src.atomic import load_arrays
 from src.train_log import image_files, read_rows
-from src.training_loop import GAN, LOG_COLUMNS, TrainPaths, train
+from src.training_loop import LOG_COLUMNS, TrainPaths, build_gan, train
 
 PATHS = dict(checkpoints="outputs/checkpoints", snapshots="outputs/snapshots",
              log="outputs/train_log", generator="outputs/generator.keras",
@@ -29,7 +29,7 @@ def _paths(root: Path) -> TrainPaths:
 
 def _make_gan(params):
     runtime.configure(params.train, params.common.seed)
-    return GAN(params, tf.distribute.get_strategy())
+    return build_gan(params, tf.distribute.get_strategy())
 
 
 def _one_chunk(gan, params, steps=1):

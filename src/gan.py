@@ -1,0 +1,213 @@
+"""The model pair: generator, discriminator, their optimizers and EMA weights, with a compiled step.
+
+Shaped like keras-io's ``GAN(discriminator, generator, latent_dim)``: a :class:`GAN`
+receives its networks, its optimizers and the few numbers its step needs, never the whole
+params (:func:`src.training_loop.build_gan` makes them from params). So a test can run one
+step on two small Keras models of its own.
+
+One compiled call (:meth:`GAN.train_chunk`) runs ``steps_per_call`` steps on every replica
+and returns summed losses and accuracies, and the first step whose loss is not finite.
+Every random draw inside a step (latent noise, augmentation, gradient-penalty mixing) is
+stateless, from ``(seed, step, purpose, replica)``, so a resumed run draws what an
+uninterrupted one would.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from src.augment import Augmenter
+from src.losses import GANLoss, gradient_penalty
+from src.networks import assign_from_arrays, variables_to_arrays
+
+
+class GAN:
+    """Generator, discriminator, EMA weights and both optimizers, with a compiled step.
+
+    ``batch_size`` is the global batch (over all replicas); ``d_steps`` > 1 updates the
+    generator only every ``d_steps``-th step; ``gp_weight`` scales the gradient penalty of a
+    loss that uses one; ``ema_decay`` None switches the weight average off (the exported
+    generator then has the trained weights). ``ema_generator`` is a second copy of the
+    generator's architecture that receives the averaged weights for export. ``augmenter``
+    (or None) augments what the discriminator sees with probability ``augment_p``, which
+    the loop may change between calls (:attr:`augment_p` is a variable the step reads).
+    Networks and optimizers must have been made under ``strategy``'s scope.
+    """
+
+    def __init__(self, discriminator: keras.Model, generator: keras.Model, latent_dim: int, *,
+                 d_optimizer: keras.optimizers.Optimizer, g_optimizer: keras.optimizers.Optimizer,
+                 loss: GANLoss, batch_size: int, seed: int, ema_generator: keras.Model,
+                 ema_decay: float | None = None, d_steps: int = 1, gp_weight: float = 0.0,
+                 augmenter: Augmenter | None = None, augment_p: float = 0.0, jit_compile: bool = False,
+                 strategy: tf.distribute.Strategy | None = None):
+        self.discriminator, self.generator, self.ema_generator = discriminator, generator, ema_generator
+        self.latent_dim = latent_dim
+        self.d_opt, self.g_opt = d_optimizer, g_optimizer
+        self.loss = loss
+        self.batch_size, self.seed, self.d_steps, self.gp_weight = batch_size, seed, d_steps, gp_weight
+        self.ema_decay = ema_decay
+        self.augmenter = augmenter
+        self.jit_compile = jit_compile
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        with self.strategy.scope():
+            self.g_opt.build(self.generator.trainable_variables)
+            self.d_opt.build(self.discriminator.trainable_variables)
+            # Plain tf.Variables so that replicas may update them in step (each computes the same value).
+            self.ema = [tf.Variable(v.value, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                        for v in self.generator.trainable_variables]
+            # The augmentation probability: read by the step, set between compiled calls.
+            self.augment_p = tf.Variable(augment_p, trainable=False, dtype=tf.float32,
+                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._chunk_fn = None
+
+    # -- one step (replica context) -------------------------------------------------------
+    def _noise(self, step, purpose: int, batch):
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        seed = tf.random.experimental.stateless_fold_in(seed, purpose * 4096 + tf.cast(replica, tf.int64))
+        return seed if batch is None else tf.random.stateless_normal([batch, self.latent_dim], seed=seed)
+
+    def _augment(self, images, step, purpose: int):
+        """What D sees: ``images`` augmented with draws from (seed, step, purpose, replica)."""
+        if self.augmenter is None:
+            return images
+        return self.augmenter(images, self.augment_p, self._noise(step, purpose, None))
+
+    def _d_loss(self, real, fake, real_logits, fake_logits, step):
+        loss = self.loss.d_loss(real_logits, fake_logits)
+        if self.loss.uses_gradient_penalty:
+            loss += self.gp_weight * gradient_penalty(self.discriminator, real, fake, self._noise(step, 2, None))
+        return loss
+
+    def d_step(self, real, step):
+        """Update the discriminator only."""
+        z = self._noise(step, 1, tf.shape(real)[0])
+        real = self._augment(real, step, 3)
+        fake = self._augment(self.generator(z, training=True), step, 4)
+        with tf.GradientTape() as tape:
+            real_logits = self.discriminator(real, training=True)
+            fake_logits = self.discriminator(fake, training=True)
+            d_loss = self._d_loss(real, fake, real_logits, fake_logits, step)
+            scaled = self.d_opt.scale_loss(d_loss / self.replicas)
+        d_vars = self.discriminator.trainable_variables
+        self.d_opt.apply_gradients(zip(tape.gradient(scaled, d_vars), d_vars))
+        return d_loss, tf.constant(0.0), real_logits, fake_logits
+
+    def joint_step(self, real, step):
+        """Update both networks from one forward pass (the original two-tape step).
+
+        Each tape differentiates only its own network's variables, so the discriminator's
+        update never touches the generator and the other way round.
+        """
+        z = self._noise(step, 1, tf.shape(real)[0])
+        real = self._augment(real, step, 3)
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            fake = self._augment(self.generator(z, training=True), step, 4)  # G's gradient flows through
+            real_logits = self.discriminator(real, training=True)
+            fake_logits = self.discriminator(fake, training=True)
+            d_loss = self._d_loss(real, fake, real_logits, fake_logits, step)
+            g_loss = self.loss.g_loss(fake_logits)
+            d_scaled = self.d_opt.scale_loss(d_loss / self.replicas)
+            g_scaled = self.g_opt.scale_loss(g_loss / self.replicas)
+        d_vars = self.discriminator.trainable_variables
+        g_vars = self.generator.trainable_variables
+        d_grads = d_tape.gradient(d_scaled, d_vars)
+        g_grads = g_tape.gradient(g_scaled, g_vars)
+        self.d_opt.apply_gradients(zip(d_grads, d_vars))
+        self.g_opt.apply_gradients(zip(g_grads, g_vars))
+        self._update_ema(step)
+        return d_loss, g_loss, real_logits, fake_logits
+
+    def _update_ema(self, step):
+        if self.ema_decay is None:
+            return
+        # Warm-up: early on, the average follows the weights closely (as tf.train.ExponentialMovingAverage).
+        s = tf.cast(step, tf.float32)
+        decay = tf.minimum(self.ema_decay, (1.0 + s) / (10.0 + s))
+        for avg, var in zip(self.ema, self.generator.trainable_variables):
+            avg.assign(decay * avg + (1.0 - decay) * tf.cast(var.value, avg.dtype))
+
+    def _one_step(self, real, step, g_step=None):
+        """One step on one real batch: a joint update, or a discriminator-only one when
+        ``d_steps`` > 1 and this is not the d_steps-th step. ``g_step`` is given (a Python
+        bool) when the loop is unrolled, so no sync point sits inside a tf.cond."""
+        if self.d_steps == 1 or g_step is True:
+            return self.joint_step(real, step)
+        if g_step is False:
+            return self.d_step(real, step)
+        return tf.cond((step + 1) % self.d_steps == 0,
+                       lambda: self.joint_step(real, step), lambda: self.d_step(real, step))
+
+    def _replica_chunk(self, images, start_step, static_steps):
+        """Run the steps of one chunk over ``images`` of shape (k * b, H, W, C); return sums.
+
+        With one replica the steps run in a ``tf.range`` loop (one small graph, any k).
+        With several, gradient all-reduces may not sit inside graph control flow, so the
+        ``static_steps`` steps are unrolled instead.
+        """
+        b = self.batch_size // self.replicas
+        images = tf.reshape(images, tf.concat([[-1, b], tf.shape(images)[1:]], axis=0))
+        dtype = self.discriminator.compute_dtype
+        sums = tf.zeros([4], tf.float32)
+        first_bad = tf.constant(-1, tf.int64)
+        if static_steps is None:
+            indices, g_steps = tf.range(tf.shape(images, out_type=tf.int64)[0]), None
+        else:
+            indices = range(static_steps)
+            g_steps = [(i + 1) % self.d_steps == 0 for i in indices]
+        for i in indices:
+            step = start_step + i
+            g_step = None if g_steps is None else g_steps[i]
+            d_loss, g_loss, real_logits, fake_logits = self._one_step(tf.cast(images[i], dtype), step, g_step)
+            values = tf.stack([tf.cast(d_loss, tf.float32), tf.cast(g_loss, tf.float32),
+                               tf.reduce_mean(tf.cast(real_logits > 0, tf.float32)),
+                               tf.reduce_mean(tf.cast(fake_logits < 0, tf.float32))])
+            finite = tf.reduce_all(tf.math.is_finite(values[:2]))
+            first_bad = tf.where((first_bad < 0) & ~finite, step, first_bad)
+            sums += values
+        return sums, first_bad
+
+    def train_chunk(self, dist_images, start_step: int, steps: int | None = None):
+        """Run one chunk of ``steps`` steps on every replica.
+
+        Returns the mean over replicas of the summed (d_loss, g_loss, d_acc_real,
+        d_acc_fake), and the first step with a non-finite loss (-1 if none).
+        """
+        if self._chunk_fn is None:
+            def chunk(images, start, static_steps):
+                sums, bad = self.strategy.run(self._replica_chunk, args=(images, start, static_steps))
+                first_bad = tf.reduce_max(tf.stack(self.strategy.experimental_local_results(bad)))
+                return self.strategy.reduce(tf.distribute.ReduceOp.MEAN, sums, axis=None), first_bad
+            self._chunk_fn = tf.function(chunk, jit_compile=self.jit_compile, reduce_retracing=True)
+        static_steps = steps if self.replicas > 1 else None
+        sums, bad = self._chunk_fn(dist_images, tf.constant(start_step, tf.int64), static_steps)
+        return sums.numpy(), int(bad.numpy())
+
+    # -- state ------------------------------------------------------------------------------
+    def sync_ema_model(self) -> keras.Model:
+        """The EMA generator as a Keras model: averaged weights, BatchNorm statistics copied."""
+        source = self.ema if self.ema_decay is not None else self.generator.trainable_variables
+        trainable = {id(v): i for i, v in enumerate(self.generator.trainable_variables)}
+        for var, target in zip(self.generator.variables, self.ema_generator.variables):
+            i = trainable.get(id(var))
+            value = source[i] if i is not None else var
+            target.assign(value.numpy() if hasattr(value, "numpy") else value)
+        return self.ema_generator
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {}
+        arrays.update(variables_to_arrays(self.generator, "g"))
+        arrays.update(variables_to_arrays(self.discriminator, "d"))
+        arrays.update({f"ema.{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(self.ema)})
+        arrays.update({f"gopt.{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(self.g_opt.variables)})
+        arrays.update({f"dopt.{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(self.d_opt.variables)})
+        return arrays
+
+    def load_state(self, arrays: dict[str, np.ndarray], source: str) -> None:
+        assign_from_arrays(self.generator.variables, arrays, "g", source)
+        assign_from_arrays(self.discriminator.variables, arrays, "d", source)
+        assign_from_arrays(self.ema, arrays, "ema", source)
+        assign_from_arrays(self.g_opt.variables, arrays, "gopt", source)
+        assign_from_arrays(self.d_opt.variables, arrays, "dopt", source)
