@@ -2,10 +2,27 @@
 
 A checkpoint holds every variable of the generator, the discriminator, the EMA
 generator weights and both optimizers, plus a JSON ``meta`` record: the epoch, the step
-within it and overall, the running loss sums of the epoch, and the training
-configuration it was made with (``fingerprint``). Random state needs no extra array:
-latent noise is drawn from ``(seed, step)`` and the data order from ``(seed, epoch)``,
-and the dropout seed state is a variable of the discriminator.
+within it and overall, the running loss sums of the epoch, the augmentation probability
+and the training configuration it was made with (``fingerprint``). Random state needs no
+extra array: latent noise is drawn from ``(seed, step)`` and the data order from
+``(seed, epoch)``, and the dropout seed state is a variable of the discriminator.
+
+Each array is keyed by its variable's path, never by its position:
+
+- ``<network>/<layer>/<variable>``, e.g. ``generator/dense/kernel``: ``<layer>`` is the
+  layer's name as a fresh process names it (Keras numbers layers process-wide, ``dense_7``
+  after six other Dense layers; here the number is the layer's rank among the network's
+  layers of that name), so keys do not depend on what else the process built;
+- ``ema/<generator key>``: the moving average of that generator weight;
+- ``<optimizer>/<slot>/<variable key>``, e.g. ``g_opt/momentum/generator/dense/kernel``:
+  an optimizer slot and the variable it belongs to; ``<optimizer>/<name>`` for the
+  optimizer's own variables (``iteration``, ``learning_rate``) and
+  ``<optimizer>/loss_scale/<name>`` for those of a loss-scale wrapper.
+
+So two variables of the same shape (Adam's momentum and velocity of one weight) can never
+load into each other's place. Loading (:func:`assign`) fails with one line naming the file
+and the first key that is missing or unexpected; a checkpoint of the earlier positional
+format (``g.000``, ``gopt.003``) is named as such.
 """
 from __future__ import annotations
 
@@ -13,12 +30,16 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
 from src.atomic import load_arrays, save_arrays
+from src.errors import UserError
 
 _NAME = re.compile(r"^ckpt_e(\d{6})_s(\d{9})\.npz$")
+_POSITIONAL = re.compile(r"^(g|d|ema|gopt|dopt)\.\d+$")  # the format before keys by path
+_COUNTER = re.compile(r"_\d+$")                          # the number Keras appends to a layer name
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -33,14 +54,15 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: tuple(int(g) for g in _NAME.match(p.name).groups()))
 
 
-def save(folder: Path, arrays: dict[str, np.ndarray], meta: dict, keep: int) -> Path:
-    """Write a checkpoint, then drop all but the newest ``keep`` ones.
+def save(folder: Path, variables: Mapping[str, Any], meta: dict, keep: int) -> Path:
+    """Write a checkpoint of ``variables`` (key -> variable), then drop all but the newest ``keep`` ones.
 
     The new file is complete (renamed into place) before any old one is removed, so a
     kill at any point leaves at least one usable checkpoint.
     """
     path = folder / checkpoint_name(meta["epoch"], meta["step"])
     record = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    arrays = {key: np.asarray(var.numpy()) for key, var in variables.items()}
     save_arrays(path, {**arrays, "meta": record})
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
@@ -66,3 +88,81 @@ def load_latest(folder: Path, max_epoch: int | None = None) -> tuple[dict[str, n
             continue
         return arrays, meta, path
     return None
+
+
+# ---------------------------------------------------------------------------- keys
+def network_variables(model, name: str) -> dict[str, Any]:
+    """``name/<layer>/<variable>`` -> variable, for every variable of the Keras ``model``."""
+    keyed, seen = {}, {}
+    for layer in model.layers:
+        base = _COUNTER.sub("", layer.name)
+        rank = seen.get(base, 0)
+        seen[base] = rank + 1
+        layer_key = base if rank == 0 else f"{base}_{rank}"
+        for var in layer.variables:
+            _add(keyed, f"{name}/{layer_key}/{var.name}", var)
+    if {id(v) for v in keyed.values()} != {id(v) for v in model.variables}:
+        raise RuntimeError(f"checkpoint keys: the layers of '{name}' do not hold exactly its variables")
+    return keyed
+
+
+def optimizer_variables(optimizer, name: str, owners: Mapping[str, Any]) -> dict[str, Any]:
+    """``name/<slot>/<owner key>`` or ``name/<variable>`` -> variable, for every variable of
+    ``optimizer``; ``owners`` (key -> variable) are the variables it was built to train.
+
+    Keras names a slot ``<owner path with _ for />_<slot>`` (``dense_kernel_momentum``);
+    the longest owner prefix decides, and a wrapper's own variables (a LossScaleOptimizer's
+    ``dynamic_scale``) go under ``name/loss_scale/``.
+    """
+    keyed = {}
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:
+        inner_ids = {id(v) for v in inner.variables}
+        for var in optimizer.variables:
+            if id(var) not in inner_ids:
+                _add(keyed, f"{name}/loss_scale/{var.name}", var)
+        optimizer = inner
+    prefixes = sorted(((var.path.replace("/", "_") + "_", key) for key, var in owners.items()),
+                      key=lambda item: -len(item[0]))
+    for var in optimizer.variables:
+        owner = next(((prefix, key) for prefix, key in prefixes if var.name.startswith(prefix)), None)
+        if owner is None:
+            _add(keyed, f"{name}/{var.name}", var)
+        else:
+            prefix, key = owner
+            _add(keyed, f"{name}/{var.name[len(prefix):]}/{key}", var)
+    return keyed
+
+
+def _add(keyed: dict, key: str, var) -> None:
+    if key in keyed:
+        raise RuntimeError(f"checkpoint keys: two variables have the key '{key}'")
+    keyed[key] = var
+
+
+def assign(variables: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source: str | Path) -> None:
+    """Assign ``arrays[key]`` to each ``variables[key]``, after checking every key and shape.
+
+    A UserError naming ``source`` (one line) on a checkpoint of the earlier positional
+    format, on the first key the model needs that the file lacks (in the model's order), on
+    the first key the file holds that the model lacks, and on a shape mismatch. Nothing is
+    assigned unless everything matches.
+    """
+    source = Path(source)
+    if any(_POSITIONAL.match(key) for key in arrays):
+        raise UserError(f"{source}: this checkpoint predates checkpoints keyed by variable path (its arrays are "
+                        f"numbered by position, like 'g.000'); delete {source.parent} to start fresh")
+    for key in variables:
+        if key not in arrays:
+            raise UserError(f"{source}: checkpoint has no array '{key}', which the model built from params.yaml "
+                            "needs (was it made with other model params?)")
+    for key in arrays:
+        if key not in variables:
+            raise UserError(f"{source}: checkpoint holds array '{key}', which the model built from params.yaml "
+                            "does not have (was it made with other model params?)")
+    for key, var in variables.items():
+        if tuple(var.shape) != arrays[key].shape:
+            raise UserError(f"{source}: array '{key}' has shape {arrays[key].shape} but the model built from "
+                            f"params.yaml expects {tuple(var.shape)} (was it made with other model params?)")
+    for key, var in variables.items():
+        var.assign(arrays[key])

@@ -13,13 +13,15 @@ uninterrupted one would.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from src import checkpoint
 from src.augment import Augmenter
 from src.losses import GANLoss, gradient_penalty
-from src.networks import assign_from_arrays, variables_to_arrays
 
 
 class GAN:
@@ -196,18 +198,19 @@ class GAN:
             target.assign(value.numpy() if hasattr(value, "numpy") else value)
         return self.ema_generator
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {}
-        arrays.update(variables_to_arrays(self.generator, "g"))
-        arrays.update(variables_to_arrays(self.discriminator, "d"))
-        arrays.update({f"ema.{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(self.ema)})
-        arrays.update({f"gopt.{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(self.g_opt.variables)})
-        arrays.update({f"dopt.{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(self.d_opt.variables)})
-        return arrays
+    def state_variables(self) -> dict[str, Any]:
+        """Every variable a checkpoint holds, keyed by its path (see :mod:`src.checkpoint`)."""
+        g = checkpoint.network_variables(self.generator, "generator")
+        d = checkpoint.network_variables(self.discriminator, "discriminator")
+        g_key = {id(var): key for key, var in g.items()}
+        g_trained = {g_key[id(var)]: var for var in self.generator.trainable_variables}
+        d_key = {id(var): key for key, var in d.items()}
+        d_trained = {d_key[id(var)]: var for var in self.discriminator.trainable_variables}
+        ema = {f"ema/{key}": avg for avg, key in zip(self.ema, g_trained)}
+        return {**g, **d, **ema,
+                **checkpoint.optimizer_variables(self.g_opt, "g_opt", g_trained),
+                **checkpoint.optimizer_variables(self.d_opt, "d_opt", d_trained)}
 
     def load_state(self, arrays: dict[str, np.ndarray], source: str) -> None:
-        assign_from_arrays(self.generator.variables, arrays, "g", source)
-        assign_from_arrays(self.discriminator.variables, arrays, "d", source)
-        assign_from_arrays(self.ema, arrays, "ema", source)
-        assign_from_arrays(self.g_opt.variables, arrays, "gopt", source)
-        assign_from_arrays(self.d_opt.variables, arrays, "dopt", source)
+        """Load a checkpoint's arrays; a UserError naming ``source`` if any key or shape differs."""
+        checkpoint.assign(self.state_variables(), arrays, source)

@@ -410,7 +410,7 @@ class Run:
             self.save_checkpoint(state)
 
     def save_checkpoint(self, state: RunState) -> Path:
-        return checkpoint.save(self.paths.checkpoints, self.gan.state_arrays(), state.meta(self.fingerprint),
+        return checkpoint.save(self.paths.checkpoints, self.gan.state_variables(), state.meta(self.fingerprint),
                                self.params.train.keep_checkpoints)
 
     # -- 6. export --------------------------------------------------------------------------

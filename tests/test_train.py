@@ -267,7 +267,7 @@ def test_model_param_change_starts_fresh(project):
         train(changed, root / "data" / "processed", paths)
     assert "model.latent_dim" in buffer.getvalue() and "starting fresh" in buffer.getvalue()
     arrays = load_arrays(checkpoint.list_checkpoints(paths.checkpoints)[-1])
-    assert arrays["g.000"].shape[0] == 6  # the first Dense kernel takes the new latent size
+    assert arrays["generator/dense/kernel"].shape[0] == 6  # the first Dense kernel takes the new latent size
 
 
 def test_same_params_same_checkpoint_bytes(project, tmp_path_factory):
