@@ -156,7 +156,7 @@ class TrainParams:
     keep_checkpoints: int = _spec(3, check=at_least(1))
     steps_per_call: int = _spec(1, check=at_least(1))
     jit_compile: bool = False
-    mixed_precision: str = _spec("none", choices=("none", "mixed_float16", "mixed_bfloat16"))
+    mixed_precision: str = _spec("none", choices=("none", "auto", "mixed_float16", "mixed_bfloat16"))
     strategy: str = _spec("auto", choices=("auto", "default", "one_device", "mirrored", "multi_worker"))
     worker_timeout: float = _spec(300.0, check=at_least(0.0))
     deterministic: bool = True

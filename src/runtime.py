@@ -18,13 +18,48 @@ from src.determinism import make_deterministic
 from src.errors import UserError
 
 
-def configure(train: TrainParams, seed: int) -> None:
-    """Seed every generator and switch on op determinism and the precision policy.
+def configure(train: TrainParams, seed: int) -> str:
+    """Seed every generator, switch on op determinism and set the precision policy; return
+    the policy's name (``auto`` resolved for this machine).
 
     Must run before any model is built (the precision policy applies at build time).
     """
     make_deterministic(seed, ops=train.deterministic)
-    keras.mixed_precision.set_global_policy("float32" if train.mixed_precision == "none" else train.mixed_precision)
+    policy = precision_policy(train.mixed_precision)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX-BF16: AMD Zen 4,
+    Intel Cooper Lake, Sapphire Rapids and later). Read from /proc/cpuinfo (Linux); elsewhere False."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def precision_policy(mixed_precision: str) -> str:
+    """The Keras policy that ``train.mixed_precision`` names on this machine.
+
+    ``auto``: bfloat16 compute (float32 weights) on a CPU-only machine whose CPU has native
+    bfloat16, where it trains about 1.3x faster (README: "Your own images"); float32
+    everywhere else, GPUs included (on a GPU choose ``mixed_float16`` yourself). Without a
+    GPU or native bfloat16, ``mixed_bfloat16`` runs at half float32's speed (AVX-512) or
+    aborts inside oneDNN (AVX2), so it stops here with one line instead.
+    """
+    if mixed_precision == "none":
+        return "float32"
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if mixed_precision == "auto":
+        return "mixed_bfloat16" if not on_gpu and native_bfloat16() else "float32"
+    if mixed_precision == "mixed_bfloat16" and not on_gpu and not native_bfloat16():
+        raise UserError("params key 'train.mixed_precision' is mixed_bfloat16, but this machine has no GPU and its "
+                        "CPU no native bfloat16 (avx512_bf16/amx_bf16): it would run slower than float32 or "
+                        "abort; use auto or none")
+    return mixed_precision
 
 
 def _workers_in_tf_config() -> int:
@@ -94,5 +129,6 @@ def environment(train: TrainParams, strategy: tf.distribute.Strategy) -> dict:
         "replicas": strategy.num_replicas_in_sync,
         "jit_compile": train.jit_compile,
         "mixed_precision": train.mixed_precision,
+        "precision_policy": keras.mixed_precision.global_policy().name,
         "deterministic": train.deterministic,
     }
