@@ -128,7 +128,7 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
     run = Run(params, gan, plan, paths, log, made_with)
 
     _say(f"train: {env['replicas']} replica(s) with {env['strategy']} on {', '.join(env['gpus']) or 'CPU'}; "
-         f"XLA {'on' if t.jit_compile else 'off'}, precision {t.mixed_precision}; "
+         f"XLA {'on' if t.jit_compile else 'off'}, precision {env['precision_policy']}; "
          f"epoch {state.epoch} of {t.epochs}, {plan.steps_per_epoch} steps of {t.batch_size} images each")
     batches = plan.batches(strategy, reader, state.epoch, state.step_in_epoch) if state.epoch < t.epochs else None
     with _StopRequest() as stop, _Progress(t.epochs * plan.steps_per_epoch, state.step) as progress:
