@@ -19,8 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.atomic import write_json  # noqa: E402
 from src.config import load_params  # noqa: E402
 from src.errors import stage_main  # noqa: E402
-
-OUT_DIR = Path("outputs/classifier")
+from src.paths import Outputs  # noqa: E402
 
 
 @stage_main
@@ -45,8 +44,9 @@ def main() -> None:
         model = build_random_net(cp.seed)
         summary = {"feature_net": "random-conv"}
         said = f"data.source is folder: the random conv net of seed {cp.seed}, no training"
-    save_model(model, OUT_DIR / "classifier.keras")
-    write_json(OUT_DIR / "metrics.json", summary)
+    out = Outputs()
+    save_model(model, out.classifier)
+    write_json(out.classifier_metrics, summary)
     print(f"classifier: {said}")
 
 
