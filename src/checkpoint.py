@@ -140,7 +140,8 @@ def _add(keyed: dict, key: str, var) -> None:
     keyed[key] = var
 
 
-def assign(variables: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source: str | Path) -> None:
+def assign(variables: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source: str | Path,
+           what: str = "checkpoint") -> None:
     """Assign ``arrays[key]`` to each ``variables[key]``, after checking every key and shape.
 
     A UserError naming ``source`` (one line) on a checkpoint of the earlier positional
@@ -150,15 +151,15 @@ def assign(variables: Mapping[str, Any], arrays: Mapping[str, np.ndarray], sourc
     """
     source = Path(source)
     if any(_POSITIONAL.match(key) for key in arrays):
-        raise UserError(f"{source}: this checkpoint predates checkpoints keyed by variable path (its arrays are "
+        raise UserError(f"{source}: this {what} predates arrays keyed by variable path (its arrays are "
                         f"numbered by position, like 'g.000'); delete {source.parent} to start fresh")
     for key in variables:
         if key not in arrays:
-            raise UserError(f"{source}: checkpoint has no array '{key}', which the model built from params.yaml "
+            raise UserError(f"{source}: {what} has no array '{key}', which the model built from params.yaml "
                             "needs (was it made with other model params?)")
     for key in arrays:
         if key not in variables:
-            raise UserError(f"{source}: checkpoint holds array '{key}', which the model built from params.yaml "
+            raise UserError(f"{source}: {what} holds array '{key}', which the model built from params.yaml "
                             "does not have (was it made with other model params?)")
     for key, var in variables.items():
         if tuple(var.shape) != arrays[key].shape:

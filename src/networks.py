@@ -25,6 +25,7 @@ import numpy as np
 from keras import layers, ops
 
 from src.atomic import load_arrays
+from src.checkpoint import assign, network_variables
 from src.config import DataParams, ModelParams, Params
 from src.errors import UserError
 
@@ -175,21 +176,15 @@ def build_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
 
 # ---------------------------------------------------------------------------- weights
 def variables_to_arrays(model: keras.Model, prefix: str) -> dict[str, np.ndarray]:
-    """Every variable of ``model`` (weights, BatchNorm statistics, dropout seed state)."""
-    return {f"{prefix}.{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
+    """Every variable of ``model`` (weights, BatchNorm statistics, dropout seed state), keyed
+    by its path as checkpoints key it (``g/dense/kernel``: see src/checkpoint.py)."""
+    return {key: np.asarray(var.numpy()) for key, var in network_variables(model, prefix).items()}
 
 
-def assign_from_arrays(variables: list, arrays: dict[str, np.ndarray], prefix: str, source: str) -> None:
-    """Assign ``arrays[prefix.i]`` to ``variables[i]``; a count or shape mismatch is a UserError."""
-    keys = sorted(k for k in arrays if k.startswith(prefix + "."))
-    if len(keys) != len(variables):
-        raise UserError(f"{source}: holds {len(keys)} '{prefix}' arrays but the model built from "
-                        f"params.yaml has {len(variables)} (was it made with other model params?)")
-    for var, key in zip(variables, keys):
-        if tuple(var.shape) != arrays[key].shape:
-            raise UserError(f"{source}: array {key} has shape {arrays[key].shape} but the model built from "
-                            f"params.yaml expects {tuple(var.shape)} (was it made with other model params?)")
-        var.assign(arrays[key])
+def assign_from_arrays(model: keras.Model, arrays: dict[str, np.ndarray], prefix: str, source: str) -> None:
+    """Assign each array of ``arrays`` to the variable of ``model`` with its key; a missing,
+    unexpected or misshapen array is a one-line UserError naming ``source``."""
+    assign(network_variables(model, prefix), arrays, source, what="generator file")
 
 
 def load_generator(params: Params, path: str | Path) -> keras.Model:
@@ -213,7 +208,7 @@ def load_generator(params: Params, path: str | Path) -> keras.Model:
             arrays = load_arrays(path)
         except Exception as exc:  # zipfile/numpy errors for truncated or foreign files
             raise UserError(f"{path}: cannot read the generator snapshot ({type(exc).__name__})") from None
-    assign_from_arrays(generator.variables, arrays, "g", str(path))
+    assign_from_arrays(generator, arrays, "g", str(path))
     expected = (params.data.image_size, params.data.image_size, params.data.channels)
     if tuple(generator.output_shape[1:]) != expected:
         raise UserError(f"{path}: generator makes images of shape {generator.output_shape[1:]}, "

@@ -1,7 +1,7 @@
 """Generator snapshots: the file names, listing them, writing one, dropping later ones.
 
-The train stage writes ``generator_epoch_XXXX.npz`` (the EMA generator's variables, see
-:func:`src.networks.variables_to_arrays`) every ``sample.every_epochs`` epochs; the sample
+The train stage writes ``generator_epoch_XXXX.npz`` (the EMA generator's variables keyed by path,
+see :func:`src.networks.variables_to_arrays`) every ``sample.every_epochs`` epochs; the sample
 and evaluate stages read them back with :func:`src.networks.load_generator`. Only this
 module knows the name pattern. It imports TensorFlow only inside :func:`save`.
 """

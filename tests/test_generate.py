@@ -244,3 +244,26 @@ def test_command_line(tmp_path):
                          timeout=60, env=env)
     assert bad.returncode == 2 and bad.stdout == ""
     assert one_error_line(bad.stderr) == "error: argument --n: must be an integer >= 1, got 'many' (see --help)"
+
+
+def test_snapshot_arrays_are_keyed_by_path_and_old_positional_ones_are_named(tmp_path):
+    from src.errors import UserError
+
+    params = parse_params(tiny_raw(data={"image_size": 8, "channels": 1}))
+    model = build_generator(params.model, params.data)
+    arrays = variables_to_arrays(model, "g")
+    assert all(key.startswith("g/") and key.count("/") >= 2 for key in arrays)
+    # BatchNorm's gamma and beta (and its two statistics) share a shape: keyed apart, they load into their own places.
+    gamma = next(k for k in arrays if k.endswith("/gamma"))
+    arrays[gamma] = np.full_like(arrays[gamma], 3.0)
+    save_arrays(tmp_path / "keyed.npz", arrays)
+    loaded = load_generator(params, tmp_path / "keyed.npz")
+    first_bn = next(layer for layer in loaded.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert np.all(first_bn.gamma.numpy() == 3.0) and not np.any(first_bn.beta.numpy() == 3.0)
+    save_arrays(tmp_path / "old.npz", {f"g.{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)})
+    with pytest.raises(UserError, match=r"old\.npz: this generator file predates arrays keyed by variable path"):
+        load_generator(params, tmp_path / "old.npz")
+    del arrays[gamma]
+    save_arrays(tmp_path / "short.npz", arrays)
+    with pytest.raises(UserError, match=rf"short\.npz: generator file has no array '{gamma}'"):
+        load_generator(params, tmp_path / "short.npz")
