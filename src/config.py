@@ -161,6 +161,8 @@ class TrainParams:
     worker_timeout: float = _spec(300.0, check=at_least(0.0))
     deterministic: bool = True
     tensorboard: bool = False
+    intra_op_threads: int = _spec(0, check=at_least(0))
+    inter_op_threads: int = _spec(0, check=at_least(0))
 
 
 @dataclass(frozen=True)

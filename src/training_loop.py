@@ -79,7 +79,8 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
     t = params.train
     manifest, shards = open_shards(processed, verify=True)
     _check_shapes(params, manifest, processed)
-    # The first TensorFlow call: a multi-worker strategy must be set up before any other op.
+    # The first TensorFlow calls: thread pools and a multi-worker strategy are fixed at start-up.
+    runtime.set_cpu_threads(t.intra_op_threads, t.inter_op_threads)
     strategy = runtime.make_strategy(t.strategy, t.worker_timeout)
     if t.jit_compile and runtime.workers(strategy) > 1 and not tf.config.list_logical_devices("GPU"):
         raise UserError("params key 'train.jit_compile' must be false for multi-worker training on CPUs "

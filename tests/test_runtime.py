@@ -1,4 +1,4 @@
-"""The precision policy that train.mixed_precision names, on this machine and on others."""
+"""The precision policy that train.mixed_precision names, on this machine and on others; the CPU thread pools."""
 import keras
 import pytest
 
@@ -50,3 +50,30 @@ def test_native_bfloat16_reads_the_cpu_flags(monkeypatch, tmp_path):
         (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(tmp_path / "cpuinfo" if p == "/proc/cpuinfo" else p, *a, **k))
         assert runtime.native_bfloat16() is expected
+
+
+def test_cpu_threads_are_set_before_tensorflow_starts(tmp_path):
+    """A fresh process (as the train stage is) gets the pools params ask for."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("from src import runtime; import tensorflow as tf; runtime.set_cpu_threads(1, 3); "
+            "tf.constant(1.0) + 1; t = tf.config.threading; "
+            "print(t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads())")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "3"]
+
+
+def test_cpu_threads_after_start_stop_with_the_key_or_pass_when_unchanged():
+    import tensorflow as tf
+    tf.constant(1.0) + 1  # TensorFlow has started in this process
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    runtime.set_cpu_threads(0, 0)  # TensorFlow's choice: nothing to change
+    if intra:
+        runtime.set_cpu_threads(intra, 0)  # what is already in place
+    other = 7 if intra != 7 else 5
+    with pytest.raises(UserError, match=rf"^params key 'train.intra_op_threads' is {other}, but TensorFlow already"
+                       ) as err:
+        runtime.set_cpu_threads(other, 0)
+    assert "\n" not in str(err.value)
