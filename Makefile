@@ -22,7 +22,7 @@ INSTALL   := $(VENV)/bin/pip install --quiet --disable-pip-version-check --requi
 PY_VERSION = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 CHECK_PY   = $(if $(filter $(SUPPORTED),$(PY_VERSION)),,$(error $(if $(PY_VERSION),Python $(PY_VERSION) ($(PYTHON)) is not supported,$(PYTHON) not found): the pinned TensorFlow 2.21 and NumPy 2.4 install on Python $(subst $(space),$(comma) ,$(SUPPORTED)) only; run e.g. make PYTHON=python3.11))
 
-.PHONY: repro test gpu cpu bench preset lock
+.PHONY: repro test gpu cpu bench preset lock ruler
 
 $(VENV)/.installed: $(LOCK)
 	$(CHECK_PY)
@@ -58,6 +58,11 @@ lock:  ## regenerate the hash-locked requirements*.txt from requirements*.in (ne
 	pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.txt requirements.in
 	pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev.txt requirements-dev.in
 	pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-gpu.txt requirements-gpu.in
+
+# The metrics' feature networks ship in data/rulers with their sha256 (SHA256SUMS); `dvc repro`
+# only checks and uses them. Retraining makes a new ruler: earlier metrics stop being comparable.
+ruler: $(VENV)/.installed  ## retrain the shipped feature networks of the metrics (data/rulers), print the new sha256
+	python -m src.metrics.ruler
 
 bench: $(VENV)/.installed  ## speed and memory figures (several minutes)
 	python benchmarks/bench_train.py

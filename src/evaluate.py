@@ -1,16 +1,16 @@
 """Evaluate the trained generator: one flat metrics dict with 95% intervals, plus an over-training curve.
 
-MNIST-like data (28x28x1): features and class probabilities come from the digit
-classifier (``outputs/classifier/classifier.keras``, trained by ``stages/classifier.py``
-with its own seed). ``num_samples`` generated images (final EMA generator) are compared
+MNIST-like data (28x28x1): features and class probabilities come from the shipped digit
+CNN (``data/rulers/mnist_cnn.npz``, :mod:`src.metrics.ruler`: checked against its recorded
+sha256, run in NumPy float64, so every machine measures with the same ruler). ``num_samples`` generated images (final EMA generator) are compared
 with ``num_samples`` MNIST test images (a seeded shuffle); the first ``num_samples`` MNIST
 training images against the same test images give the real-data floor (``*_real`` keys),
 and uniform noise the ceiling (``fid_noise``).
 
 Folder data: the reference is the processed shards, split (seeded) into two disjoint
 halves A and B. Generated images are compared with A, and B with A gives the floor:
-Frechet and kernel distances on the features of a fixed random conv net (``fd_random``,
-``kd_random``; :mod:`src.metrics.randnet`), SWD, and, when InceptionV3 weights are
+Frechet and kernel distances on the features of the shipped random conv net (``fd_random``,
+``kd_random``; ``data/rulers/random_conv.npz``), SWD, and, when InceptionV3 weights are
 available, FID/KID on Keras's InceptionV3 (``fid_keras_inception``: not the 2015 TF
 Inception graph of published FIDs, so not comparable with them). :func:`folder_metrics`
 computes them from image arrays, for benchmarks.
@@ -35,6 +35,7 @@ from src import faults, train_log
 from src.errors import UserError
 from src.metrics import classifier as cls
 from src.metrics import intervals
+from src.metrics import ruler
 from src.metrics import swd as swd_mod
 from src.metrics.frechet import feature_stats, frechet_distance
 from src.metrics.kid import kernel_inception_distance, kid_fold_values
@@ -66,21 +67,6 @@ def _load_generator(params, path):
 def _generate(generator, n: int, latent_dim: int, seed: int, batch_size: int) -> np.ndarray:
     from src.sampling import generate_images
     return generate_images(generator, n, latent_dim, seed, batch_size)
-
-
-def _load_feature_net(path: Path, kind: str):
-    """The classifier stage's network: ``kind`` 'mnist-cnn' (features, probs) or 'random-conv'."""
-    import keras
-    from src.metrics import randnet
-
-    if not path.is_file():
-        raise UserError(f"{path}: feature network not found (run `python stages/classifier.py` first)")
-    model = keras.models.load_model(path, compile=False)
-    is_random = model.name == randnet.NAME
-    if is_random != (kind == "random-conv"):
-        raise UserError(f"{path} is the {'random conv net' if is_random else 'MNIST classifier'}, but "
-                        f"params data.source needs the {kind}; rerun the classifier stage")
-    return model if is_random else cls.feature_model(model)
 
 
 # ---------------------------------------------------------------- helpers
@@ -182,10 +168,10 @@ def _distances(ev, ref_feats: np.ndarray, feats: dict[str, np.ndarray], fd_key: 
 
 
 # ---------------------------------------------------------------- MNIST-like data
-def _evaluate_mnist(params, outputs: Outputs, log: Callable[[str], None]) -> tuple[dict, str]:
+def _evaluate_mnist(params, outputs: Outputs, rulers: Path, log: Callable[[str], None]) -> tuple[dict, str]:
     ev = params.evaluate
     n = ev.num_samples
-    net = _load_feature_net(outputs.classifier, "mnist-cnn")
+    net = ruler.digit_ruler(rulers)
     gen_path = outputs.generator
     if not gen_path.is_file():
         raise UserError(f"{gen_path}: generator not found (run the train stage first)")
@@ -206,7 +192,7 @@ def _evaluate_mnist(params, outputs: Outputs, log: Callable[[str], None]) -> tup
     t0 = time.perf_counter()
     feats, probs = {}, {}
     for name, images in (("ref", ref), ("fake", fake), ("real", real), ("noise", noise)):
-        feats[name], probs[name] = cls.features_and_probs(net, images, ev.batch_size)
+        feats[name], probs[name] = net.features_and_probs(images, ev.batch_size)
     log(f"evaluate: classifier features in {time.perf_counter() - t0:.1f}s")
 
     t0 = time.perf_counter()
@@ -235,7 +221,7 @@ def _evaluate_mnist(params, outputs: Outputs, log: Callable[[str], None]) -> tup
     rows = []
     for epoch, path in list_snapshots(outputs.snapshots):
         images = _generate_unit(params, _load_generator(params, path), nc, _seed(ev, _GEN))
-        f, _ = cls.features_and_probs(net, images, ev.batch_size)
+        f, _ = net.features_and_probs(images, ev.batch_size)
         rows.append((epoch, frechet_distance(*feature_stats(f), *curve_ref)))
         log(f"evaluate: epoch {epoch} fid {rows[-1][1]:.3f}")
         faults.point("curve")
@@ -255,8 +241,6 @@ def folder_metrics(ev, reference: np.ndarray, fake: np.ndarray, real: np.ndarray
     ``kd_random_std``, ``swd``, ``swd_level_<side>``, each with ``_ci95`` (and the same with
     ``_real`` when ``real`` is given). Callable from Python, e.g. by a benchmark.
     """
-    from src.metrics import randnet
-
     sets = {"": np.asarray(fake, np.float32)}
     if real is not None:
         sets["_real"] = np.asarray(real, np.float32)
@@ -266,9 +250,9 @@ def folder_metrics(ev, reference: np.ndarray, fake: np.ndarray, real: np.ndarray
     log(f"evaluate: SWD with intervals in {time.perf_counter() - t0:.1f}s")
 
     t0 = time.perf_counter()
-    net = net if net is not None else randnet.build_random_net(ev.classifier.seed)
-    ref_f = randnet.random_features(net, reference, ev.batch_size)
-    feats = {k: randnet.random_features(net, v, ev.batch_size) for k, v in sets.items()}
+    net = net if net is not None else ruler.random_ruler()
+    ref_f = net.features(reference)
+    feats = {k: net.features(v) for k, v in sets.items()}
     m.update(_distances(ev, ref_f, feats, "fd_random", "kd_random"))
     log(f"evaluate: random-conv FD/KD with intervals in {time.perf_counter() - t0:.1f}s")
 
@@ -283,7 +267,7 @@ def folder_metrics(ev, reference: np.ndarray, fake: np.ndarray, real: np.ndarray
     return m
 
 
-def _evaluate_folder(params, outputs: Outputs, processed_dir: Path,
+def _evaluate_folder(params, outputs: Outputs, processed_dir: Path, rulers: Path,
                      log: Callable[[str], None]) -> tuple[dict, str]:
     from src.dataset import ShardReader
     from src.metrics import inception
@@ -299,7 +283,7 @@ def _evaluate_folder(params, outputs: Outputs, processed_dir: Path,
     reader = ShardReader(shards)
     real_a = cls.to_unit_range(reader.gather(order[:half]), value_range)
     real_b = cls.to_unit_range(reader.gather(order[half:2 * half]), value_range)
-    net = _load_feature_net(outputs.classifier, "random-conv")
+    net = ruler.random_ruler(rulers)
     gen_path = outputs.generator
     if not gen_path.is_file():
         raise UserError(f"{gen_path}: generator not found (run the train stage first)")
@@ -330,11 +314,12 @@ def _evaluate_folder(params, outputs: Outputs, processed_dir: Path,
 
 # ---------------------------------------------------------------- entry point
 def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Path = PROCESSED,
-             write: bool = True, log: Callable[[str], None] = _log) -> dict:
+             write: bool = True, log: Callable[[str], None] = _log, rulers: str | Path = ruler.RULERS) -> dict:
     """Compute the metrics; write ``metrics.json`` and ``eval_curve.tsv`` under ``outputs_dir``.
 
     Reads (under ``outputs_dir``, see :class:`src.paths.Outputs`) the generator, its
-    snapshots, the classifier stage's network and the train log's summary.
+    snapshots and the train log's summary; the feature networks from ``rulers`` (checked
+    against its ``SHA256SUMS``).
 
     Returns the metrics dict: numbers, strings and ``{"lo", "hi"}`` intervals (floats
     rounded to 6 significant digits).
@@ -342,9 +327,9 @@ def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Pat
     outputs = Outputs(Path(outputs_dir))
     mnist_like = params.data.image_size == 28 and params.data.channels == 1 and params.data.source == "mnist"
     if mnist_like:
-        metrics, curve = _evaluate_mnist(params, outputs, log)
+        metrics, curve = _evaluate_mnist(params, outputs, Path(rulers), log)
     else:
-        metrics, curve = _evaluate_folder(params, outputs, Path(processed_dir), log)
+        metrics, curve = _evaluate_folder(params, outputs, Path(processed_dir), Path(rulers), log)
     metrics.update(read_train_log(outputs.train_log))
     metrics = {k: _rounded(v) for k, v in metrics.items()}
     if write:

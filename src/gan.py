@@ -22,6 +22,7 @@ import tensorflow as tf
 from src import checkpoint
 from src.augment import Augmenter
 from src.losses import GANLoss, gradient_penalty
+from src.quiet import filtered_stderr
 
 
 class GAN:
@@ -63,6 +64,7 @@ class GAN:
             self.augment_p = tf.Variable(augment_p, trainable=False, dtype=tf.float32,
                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self._chunk_fn = None
+        self._traced: set = set()  # static step counts the compiled chunk has been traced for
 
     # -- one step (replica context) -------------------------------------------------------
     def _noise(self, step, purpose: int, batch):
@@ -184,7 +186,13 @@ class GAN:
                 return self.strategy.reduce(tf.distribute.ReduceOp.MEAN, sums, axis=None), first_bad
             self._chunk_fn = tf.function(chunk, jit_compile=self.jit_compile, reduce_retracing=True)
         static_steps = steps if self.replicas > 1 else None
-        sums, bad = self._chunk_fn(dist_images, tf.constant(start_step, tf.int64), static_steps)
+        args = (dist_images, tf.constant(start_step, tf.int64), static_steps)
+        if static_steps in self._traced:
+            sums, bad = self._chunk_fn(*args)
+        else:  # tracing and Grappler run now; Grappler may log one harmless "remapper failed" error
+            with filtered_stderr():
+                sums, bad = self._chunk_fn(*args)
+            self._traced.add(static_steps)
         return sums.numpy(), int(bad.numpy())
 
     # -- state ------------------------------------------------------------------------------

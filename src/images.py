@@ -1,6 +1,7 @@
 """Finding and decoding user image files for the 'folder' data source.
 
-``list_images(folder)`` gives the image files under a folder in a fixed order.
+``scan_images(folder)`` gives the image files under a folder in a fixed order, and every
+entry named like an image that is not one (dangling symlink, loop, FIFO, folder) with why.
 ``decode_image(path, size, channels, resize, background)`` turns one file into a float32
 (size, size, channels) array in [0, 1], or returns a skip reason. A bad file is never
 fatal: reasons are 'zero bytes', 'not an image', 'truncated or corrupt: ...',
@@ -8,13 +9,18 @@ fatal: reasons are 'zero bytes', 'not an image', 'truncated or corrupt: ...',
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
+import stat
 import warnings
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+CHANGED = "changed since the scan"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 # LANCZOS after an integer box-reduction when shrinking > 3x: nearly the same
@@ -25,23 +31,60 @@ _BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 # ---------------------------------------------------------------------------- listing
-def list_images(folder: str | os.PathLike) -> list[str]:
-    """Paths (relative to ``folder``, '/'-separated) of every file with an image extension.
+def _entry_problem(path: str) -> str | None:
+    """Why the directory entry ``path`` (named like an image) cannot be read as an image
+    file, or None when it is a regular file or a symlink to one. Never opens the entry, so
+    a FIFO or a device cannot block the scan."""
+    try:
+        st = os.stat(path)  # follows symlinks
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return f"dangling symlink (to {os.readlink(path)})"
+        return f"unreadable: {exc.strerror or _short(exc)}"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not an image file" + (" (a symlink; not entered)" if os.path.islink(path) else "")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+                else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special file")
+        return f"not a regular file ({kind})"
+    return None
 
-    Recursive; symlinked folders are not entered (no loops); the order is the sort of
-    the relative paths as bytes, so it is the same on every machine and for any name
-    (spaces, non-UTF-8 bytes).
+
+def scan_images(folder: str | os.PathLike) -> tuple[list[str], list[dict]]:
+    """The image files under ``folder`` and the entries named like images that are not.
+
+    Returns ``(files, skipped)``: ``files`` are paths relative to ``folder`` ('/'-separated)
+    of regular files (or symlinks to one) with an image extension; ``skipped`` holds
+    ``{"file", "reason"}`` for every other entry with an image extension: a dangling
+    symlink, a symlink loop, a FIFO, socket or device, a folder named like an image (its
+    contents are still scanned) or an entry that cannot be looked at. Recursive; symlinked
+    folders are not entered (no loops); both lists are sorted by the relative path as bytes,
+    so the order is the same on every machine and for any name (spaces, non-UTF-8 bytes).
+    Nothing here opens a file.
     """
     root = os.fspath(folder)
-    found = []
+    found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel_dir = os.path.relpath(dirpath, root)
-        for name in filenames:
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-                found.append(rel.replace(os.sep, "/"))
+        for name in filenames + dirnames:
+            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            rel = (name if rel_dir == "." else os.path.join(rel_dir, name)).replace(os.sep, "/")
+            problem = _entry_problem(os.path.join(dirpath, name))
+            if problem is None:
+                found.append(rel)
+            else:
+                skipped.append({"file": rel, "reason": problem})
     found.sort(key=os.fsencode)
-    return found
+    skipped.sort(key=lambda s: os.fsencode(s["file"]))
+    return found, skipped
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """The usable image files of :func:`scan_images` (relative paths, in its fixed order)."""
+    return scan_images(folder)[0]
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -107,20 +150,25 @@ def _resize(img: Image.Image, size: int, policy: str, background: Sequence[int])
 
 
 def decode_image(path: str | os.PathLike, size: int, channels: int, resize: str = "center_crop",
-                 background: Sequence[int] = (255, 255, 255)) -> tuple[np.ndarray | None, str | None]:
+                 background: Sequence[int] = (255, 255, 255),
+                 expect_sha256: str | None = None) -> tuple[np.ndarray | None, str | None]:
     """Decode one image file.
 
     In: the file path, target square ``size``, ``channels`` (1 or 3), resize policy and
     background RGB (for transparency and padding). Out: ``(array, None)`` with a float32
     (size, size, channels) array in [0, 1], or ``(None, reason)`` when the file is skipped.
+    With ``expect_sha256`` (the scan's hash), a file whose bytes differ gives ``CHANGED``.
     """
     try:
-        if os.stat(path).st_size == 0:
-            return None, "zero bytes"
-        handle = open(path, "rb")
+        with open(path, "rb") as raw_file:
+            raw = raw_file.read()
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or _short(exc)}"
-    with handle, warnings.catch_warnings():
+    if not raw:
+        return None, "zero bytes"
+    if expect_sha256 is not None and hashlib.sha256(raw).hexdigest() != expect_sha256:
+        return None, CHANGED
+    with io.BytesIO(raw) as handle, warnings.catch_warnings():
         # Pillow warns between 1x and 2x MAX_IMAGE_PIXELS and raises above: both are skips.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+FOLDER_INDEX = Path("data/scan.json")  # the scan stage's content index of data.folder (src/folder_index.py)
 PROCESSED = Path("data/processed")  # the preprocess stage's shards (src/dataset.py)
 OUTPUTS = Path("outputs")
 
@@ -63,19 +64,6 @@ class Outputs:
     @property
     def samples(self) -> Path:
         return self.root / "samples"
-
-    # classifier
-    @property
-    def classifier_dir(self) -> Path:
-        return self.root / "classifier"
-
-    @property
-    def classifier(self) -> Path:
-        return self.classifier_dir / "classifier.keras"
-
-    @property
-    def classifier_metrics(self) -> Path:
-        return self.classifier_dir / "metrics.json"
 
     # evaluate
     @property

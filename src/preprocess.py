@@ -24,7 +24,9 @@ from src.config import DataParams, to_dict
 from src.dataset import DTYPE, MANIFEST, REPORT, shard_name
 from src import faults
 from src.errors import UserError
-from src.images import decode_image, list_images, reason_kind
+from src.folder_index import build_index
+from src.images import CHANGED, decode_image, reason_kind
+from src.paths import FOLDER_INDEX
 from src.mnist import load_mnist
 
 
@@ -88,9 +90,10 @@ def _init_worker(folder: str, size: int, channels: int, resize: str, background:
     _WORKER_ARGS = (folder, size, channels, resize, background, value_range)
 
 
-def _decode_task(rel: str) -> tuple[np.ndarray | None, str | None]:
+def _decode_task(entry: tuple[str, str]) -> tuple[np.ndarray | None, str | None]:
     folder, size, channels, resize, background, value_range = _WORKER_ARGS
-    image, reason = decode_image(os.path.join(folder, rel), size, channels, resize, background)
+    rel, sha256 = entry
+    image, reason = decode_image(os.path.join(folder, rel), size, channels, resize, background, sha256)
     return (None if image is None else _to_range(image, value_range)), reason
 
 
@@ -107,7 +110,9 @@ def _throttled(items: Iterable[str], slots: threading.Semaphore, stop: threading
         yield item
 
 
-def _folder(data: DataParams, writer: _ShardWriter, files: list[str]) -> dict:
+def _folder(data: DataParams, writer: _ShardWriter, index: dict) -> dict:
+    files = [entry["file"] for entry in index["files"]]
+    tasks = [(entry["file"], entry["sha256"]) for entry in index["files"]]
     workers = min(data.workers or os.cpu_count() or 1, len(files))
     # Chunks amortise IPC; small enough that the ordered stream never stalls for long.
     chunksize = max(1, min(16, len(files) // (workers * 8)))
@@ -116,48 +121,57 @@ def _folder(data: DataParams, writer: _ShardWriter, files: list[str]) -> dict:
     init = (str(data.folder), data.image_size, data.channels, data.resize, list(data.background), data.value_range)
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=init) as pool:
         try:
-            results = pool.imap(_decode_task, _throttled(files, slots, stop), chunksize=chunksize)
+            results = pool.imap(_decode_task, _throttled(tasks, slots, stop), chunksize=chunksize)
             for rel, (image, reason) in tqdm(zip(files, results), total=len(files), desc="preprocess",
                                              unit="img", file=sys.stderr, mininterval=1.0):
                 slots.release()
+                if reason == CHANGED:
+                    raise UserError(f"{os.path.join(data.folder, rel)}: {CHANGED} (rerun `dvc repro`, "
+                                    f"or `python stages/scan.py` first)")
                 if image is None:
                     skipped.append({"file": rel, "reason": reason})
                 else:
                     writer.add(image)
         finally:
             stop.set()
+    skipped = sorted(skipped + index["skipped"], key=lambda s: os.fsencode(s["file"]))
     by_reason = collections.Counter(reason_kind(s["reason"]) for s in skipped)
-    return {"total_files": len(files), "images": writer.count + writer.filled, "skipped_count": len(skipped),
+    return {"total_files": len(files) + len(index["skipped"]), "images": writer.count + writer.filled, "skipped_count": len(skipped),
             "skipped_by_reason": dict(sorted(by_reason.items())), "skipped": skipped}
 
 
 # ---------------------------------------------------------------------------- entry point
-def preprocess(data: DataParams, seed: int, out_dir: Path) -> dict:
+def preprocess(data: DataParams, seed: int, out_dir: Path, index: dict | None = None) -> dict:
     """Build ``out_dir`` (shards, manifest.json, report.json) from the data source.
 
     In: the validated data params, the run seed (recorded only: order is the file
-    order) and the output folder. Out: the manifest dict. Raises UserError when the
-    source is missing or holds no usable image.
+    order), the output folder and the scan stage's content index of the folder
+    (:mod:`src.folder_index`; None: scan now). Out: the manifest dict. Raises UserError when
+    the source is missing or holds no usable image, or a file changed since the scan.
     """
     out_dir = Path(out_dir)
     size, channels = data.image_size, data.channels
     if data.source == "mnist":
-        size, channels, total, files = 28, 1, 60000, []
+        size, channels, total = 28, 1, 60000
         source = {"source": "mnist", "mnist_dir": str(data.mnist_dir)}
     else:
         folder = Path(data.folder)
+        index = index if index is not None else build_index("folder", folder)
+        if index.get("source") != "folder":
+            raise UserError(f"{FOLDER_INDEX}: indexes data.source {index.get('source')}, not folder "
+                            f"(rerun `dvc repro`, or `python stages/scan.py` first)")
         if not folder.is_dir():
             raise UserError(f"params key 'data.folder': '{folder}' is not a folder")
-        files = list_images(folder)
-        if not files:
-            raise UserError(f"{folder}: no image files (.jpg .jpeg .png .bmp .gif .webp .tif .tiff) found")
-        total = len(files)
+        if not index["files"]:
+            found = f" ({len(index['skipped'])} entries named like images skipped)" if index["skipped"] else ""
+            raise UserError(f"{folder}: no image files (.jpg .jpeg .png .bmp .gif .webp .tif .tiff) found{found}")
+        total = len(index["files"])
         source = {"source": "folder", "folder": str(data.folder)}
 
     staging = staging_dir(out_dir)
     try:
         writer = _ShardWriter(staging, (size, size, channels), data.shard_size, total)
-        report = _mnist(data, writer) if data.source == "mnist" else _folder(data, writer, files)
+        report = _mnist(data, writer) if data.source == "mnist" else _folder(data, writer, index)
         writer.flush()
         if writer.count == 0:
             first = report["skipped"][0]

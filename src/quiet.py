@@ -14,7 +14,8 @@ temporary file; then every line except those known start-up lines is written bac
 stderr. Anything else the import prints (a Python warning, a C++ warning or error) and
 everything after the import is untouched (except where a caller wraps a block in
 :func:`filtered_stderr` too: the classifier's Keras ``fit``, for one harmless TensorFlow
-2.21 line, ``NodeDef mentions attribute use_unbounded_threadpool``). ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2: no C++
+2.21 line, ``NodeDef mentions attribute use_unbounded_threadpool``, and the first call of
+the compiled train step, for Grappler's ``remapper failed``). ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2: no C++
 INFO or WARNING lines (such as tf.data's end-of-sequence notices); C++ errors, Python
 warnings and the stages' own lines show. Set it in the environment to see more.
 """
@@ -33,6 +34,9 @@ NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|I\d{4} [\d:. ]+\d+ \S+\.cc:\d+\] .*"                       # C++ INFO lines (oneDNN, CUDA stubs, CPU features)
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
+    # Grappler on the first call of a compiled step: the remapper pass gives up on a pattern
+    # (seen with bfloat16 convolutions on oneDNN) and the graph runs unfused, as if it were off.
+    r"|E\d{4} [\d:. ]+\d+ meta_optimizer\.cc:\d+\] remapper failed: .*"
     # Keras' array pipeline on TensorFlow 2.21 (the attribute is ignored; nothing is wrong).
     r"|E\d{4} [\d:. ]+\d+ node_def_util\.cc:\d+\] NodeDef mentions attribute use_unbounded_threadpool "
     r"which is not in the op definition: .*)\s*$")

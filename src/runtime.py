@@ -58,14 +58,30 @@ def set_cpu_threads(intra_op: int, inter_op: int) -> None:
                         f"process with {current[key] or 'its default'}: thread pools are fixed at start-up") from None
 
 
+MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and the /proc/cpuinfo flags that decide speed and precision here
+    (Linux; elsewhere the platform's processor string and no flags)."""
+    model, flags = None, []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model is None:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    break
+    except OSError:
+        pass
+    return {"model": model or platform.processor() or platform.machine(), "cores": os.cpu_count(), "matrix_flags": [f for f in MATRIX_FLAGS if f in flags]}
+
+
 def native_bfloat16() -> bool:
     """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX-BF16: AMD Zen 4,
     Intel Cooper Lake, Sapphire Rapids and later). Read from /proc/cpuinfo (Linux); elsewhere False."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
+    flags = cpu_info()["matrix_flags"]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -145,7 +161,11 @@ def environment(train: TrainParams, strategy: tf.distribute.Strategy) -> dict:
     """What a teammate needs to tell why two runs differ."""
     return {
         "workers": workers(strategy),
+        "cpu": cpu_info(),
         "tensorflow": tf.__version__,
+        # the build: tensorflow-cpu or the CUDA one, and oneDNN (TF_ENABLE_ONEDNN_OPTS, on by default)
+        "tensorflow_build": {"cuda": tf.test.is_built_with_cuda(),
+                             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"},
         "keras": keras.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -38,7 +38,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from src import checkpoint, faults, runtime, snapshots
-from src.atomic import remove_stale_temps, write_json
+from src.atomic import remove_stale_temps, write_json, write_text
 from src.augment import Augmenter, next_probability
 from src.config import AdamParams, Params, to_dict
 from src.dataset import ShardReader, open_shards
@@ -57,6 +57,8 @@ __all__ = ["GAN", "LOG_COLUMNS", "DataPlan", "NonFiniteLoss", "RunState", "Train
 
 # The epoch row of the train log: "epoch" is DVCLive's step; every other column is logged as a metric.
 LOG_COLUMNS = ("epoch", "global_step", "d_loss", "g_loss", "d_acc_real", "d_acc_fake", "images_per_sec", "augment_p")
+TENSORBOARD_OFF = ("TensorBoard event files of the train log are written in this folder when params.yaml sets "
+                   "train.tensorboard: true.\n")
 LIVE_GRID = (64, 8, 112)  # the train log's snapshot grids: images, columns, display pixels (fixed: not sample.*)
 
 # What a collective exchange raises when a peer is gone or does not answer within train.worker_timeout.
@@ -258,6 +260,8 @@ def _prepare_outputs(params: Params, paths: TrainPaths, epoch: int, resumed: Pat
     for folder in (paths.checkpoints, paths.snapshots, paths.log, tensorboard):
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(folder)  # a killed run's half-written checkpoint or snapshot
+    if not params.train.tensorboard:  # an empty out makes DVC warn in every run's log
+        write_text(tensorboard / "README.txt", TENSORBOARD_OFF)
     # Cut back to the resume point: epochs logged after the checkpoint are logged again.
     log = TrainLog(paths.log, epoch, tensorboard if params.train.tensorboard else None)
     write_json(paths.environment, env)

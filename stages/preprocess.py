@@ -5,6 +5,7 @@ user error (bad params, missing source, no usable image).
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -13,14 +14,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src.config import load_params  # noqa: E402
 from src.errors import stage_main  # noqa: E402
-from src.paths import PROCESSED  # noqa: E402
+from src.paths import FOLDER_INDEX, PROCESSED  # noqa: E402
 from src.preprocess import preprocess  # noqa: E402
 
 
 @stage_main
 def main() -> None:
     params = load_params()
-    preprocess(params.data, params.common.seed, PROCESSED)
+    # The scan stage's index: exactly the bytes DVC saw change. Run by hand without it, the
+    # stage scans the folder itself.
+    index = json.loads(FOLDER_INDEX.read_text()) if params.data.source == "folder" and FOLDER_INDEX.is_file() else None
+    preprocess(params.data, params.common.seed, PROCESSED, index)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from src.config import DataParams
 from src.dataset import open_shards
 from src.errors import UserError
 
-STAGES = ("preprocess", "train", "sample", "classifier", "evaluate")
+STAGES = ("scan", "preprocess", "train", "sample", "evaluate")
 
 
 # ============================================================================ bad data
@@ -71,9 +71,10 @@ BAD = {
     "zero_bytes.png": ("zero bytes",),
     "text_named.png": ("not an image",),
     "bomb.png": ("decompression bomb",),
-    "symlink_loop.png": ("unreadable: Too many levels of symbolic links",),
-    "dangling_link.png": ("unreadable: No such file or directory",),
-    "fifo.png": ("zero bytes", "unreadable"),  # must never block on open()
+    "symlink_loop.png": ("symlink loop",),
+    "dangling_link.png": ("dangling symlink (to nowhere/missing.png)",),
+    "fifo.png": ("not a regular file (FIFO)",),  # must never block on open()
+    "folder.png": ("a folder, not an image file",),  # listed, and its contents are still used
     ODD_BAD: ("truncated or corrupt",),
 }
 

@@ -18,6 +18,7 @@ from src.dataset import ShardReader
 from src.errors import UserError
 from src.metrics import classifier as cls
 from src.metrics import inception
+from src.metrics import ruler
 
 FEW = {"num_samples": 200, "batch_size": 100, "kid_subsets": 10, "kid_subset_size": 50,
        "swd_patches_per_image": 8, "swd_projections": 32, "curve_samples": 100}
@@ -75,31 +76,31 @@ def mnist_stub():
 
 
 @pytest.fixture(scope="module")
-def classifier_file(tmp_path_factory, mnist_stub):
+def rulers_dir(tmp_path_factory, mnist_stub):
+    """A rulers folder as `make ruler` writes it: a digit CNN trained on the stand-in digits
+    (one epoch), the random conv net of seed 0, and their SHA256SUMS."""
     from src.config import ClassifierParams
 
     (x, y), (xt, yt) = mnist_stub["train"], mnist_stub["test"]
     model, _ = cls.train_classifier(x, y, xt, yt, ClassifierParams(epochs=1, batch_size=32, learning_rate=3e-3), 0)
-    path = tmp_path_factory.mktemp("cls") / "classifier.keras"
-    model.save(path)
-    return path
+    folder = tmp_path_factory.mktemp("rulers")
+    ruler.write_rulers(folder, {ruler.DIGITS: ruler.digit_arrays(model), ruler.RANDOM: ruler.random_arrays(0)})
+    return folder
 
 
-def _mnist_outputs(tmp_path, monkeypatch, mnist_stub, classifier_file):
+def _mnist_outputs(tmp_path, monkeypatch, mnist_stub):
     out = tmp_path / "outputs"
     _fake_outputs(out)
-    (out / "classifier").mkdir()
-    (out / "classifier" / "classifier.keras").write_bytes(classifier_file.read_bytes())
     monkeypatch.setattr(ev, "_load_mnist", lambda d, split: mnist_stub[split])
     _patch_generator(monkeypatch)
     return out
 
 
-def test_mnist_metrics_curve_and_determinism(tmp_path, monkeypatch, mnist_stub, classifier_file):
-    out = _mnist_outputs(tmp_path, monkeypatch, mnist_stub, classifier_file)
+def test_mnist_metrics_curve_and_determinism(tmp_path, monkeypatch, mnist_stub, rulers_dir):
+    out = _mnist_outputs(tmp_path, monkeypatch, mnist_stub)
     params = parse_params({"evaluate": FEW})
 
-    metrics = ev.evaluate(params, outputs_dir=out, log=lambda m: None)
+    metrics = ev.evaluate(params, outputs_dir=out, log=lambda m: None, rulers=rulers_dir)
     first = (out / "metrics.json").read_bytes()
     assert json.loads(first) == metrics
     for key in ("fid", "kid", "kid_std", "classifier_score", "coverage", "class_kl", "fid_real", "kid_real",
@@ -124,18 +125,18 @@ def test_mnist_metrics_curve_and_determinism(tmp_path, monkeypatch, mnist_stub, 
     fids = [float(r.split("\t")[1]) for r in rows[1:]]
     assert fids[0] > fids[2]  # the stub's later snapshots are less noisy
 
-    ev.evaluate(params, outputs_dir=out, log=lambda m: None)
+    ev.evaluate(params, outputs_dir=out, log=lambda m: None, rulers=rulers_dir)
     assert (out / "metrics.json").read_bytes() == first  # same inputs, same bytes
 
 
-def test_the_yardstick_ignores_the_training_seed(tmp_path, monkeypatch, mnist_stub, classifier_file):
+def test_the_yardstick_ignores_the_training_seed(tmp_path, monkeypatch, mnist_stub, rulers_dir):
     """common.seed seeds training only: with the same generator, the numbers do not move;
     evaluate.seed is the ruler's own seed."""
-    out = _mnist_outputs(tmp_path, monkeypatch, mnist_stub, classifier_file)
+    out = _mnist_outputs(tmp_path, monkeypatch, mnist_stub)
     results = {}
     for common, own in ((1, 0), (2, 0), (1, 5)):
         params = parse_params({"common": {"seed": common}, "evaluate": {**FEW, "seed": own}})
-        ev.evaluate(params, outputs_dir=out, log=lambda m: None)
+        ev.evaluate(params, outputs_dir=out, log=lambda m: None, rulers=rulers_dir)
         results[common, own] = (out / "metrics.json").read_bytes()
     assert results[1, 0] == results[2, 0]
     assert results[1, 0] != results[1, 5]
@@ -173,13 +174,8 @@ def test_intervals_cover_the_truth_and_shrink_with_samples():
 
 
 def _folder_setup(tmp_path, monkeypatch):
-    from src.keras_file import save_model
-    from src.metrics.randnet import build_random_net
-
     out = tmp_path / "outputs"
     _fake_outputs(out, train_log=False)
-    (out / "classifier").mkdir()
-    save_model(build_random_net(0), out / "classifier" / "classifier.keras")
     images, _ = draw_digits(500, seed=3, size=32)
     data = np.repeat(images[..., None].astype(np.float32) / 127.5 - 1.0, 3, axis=-1)
     shards = [data[:300], data[300:]]
@@ -193,9 +189,9 @@ def _folder_setup(tmp_path, monkeypatch):
     return out, params, data
 
 
-def test_folder_data_random_net_swd_intervals_and_note_without_inception(tmp_path, monkeypatch):
+def test_folder_data_random_net_swd_intervals_and_note_without_inception(tmp_path, monkeypatch, rulers_dir):
     out, params, _ = _folder_setup(tmp_path, monkeypatch)
-    metrics = ev.evaluate(params, outputs_dir=out, log=lambda m: None)
+    metrics = ev.evaluate(params, outputs_dir=out, log=lambda m: None, rulers=rulers_dir)
     assert "fid" not in metrics and "fid_keras_inception" not in metrics
     assert "inception" in metrics["note"].lower() and metrics["feature_net"] == "random-conv"
     assert metrics["num_samples"] == 200
@@ -209,26 +205,41 @@ def test_folder_data_random_net_swd_intervals_and_note_without_inception(tmp_pat
     assert rows[0] == "epoch\tswd" and len(rows) == 4
 
 
-def test_folder_metrics_callable_from_python_and_fixed_by_its_own_seeds(tmp_path, monkeypatch):
+def test_folder_metrics_callable_from_python_and_fixed_by_its_own_seeds(tmp_path, monkeypatch, rulers_dir):
     _, params, data = _folder_setup(tmp_path, monkeypatch)
     unit = (data + 1) / 2
     a, b = unit[:200], unit[200:400]
     noisy = np.clip(b + np.random.default_rng(0).normal(0, 0.2, b.shape), 0, 1).astype(np.float32)
-    first = ev.folder_metrics(params.evaluate, a, noisy, real=b, log=lambda m: None)
+    net = ruler.random_ruler(rulers_dir)
+    first = ev.folder_metrics(params.evaluate, a, noisy, real=b, net=net, log=lambda m: None)
     again = ev.folder_metrics(parse_params({"common": {"seed": 99}, "evaluate": FEW}).evaluate, a, noisy, real=b,
-                              log=lambda m: None)
+                              net=net, log=lambda m: None)
     assert first == again  # nothing of the run's params: the same numbers for any common.seed
     assert first["fd_random"] > first["fd_random_real"] and first["swd"] > first["swd_real"]
-    other = ev.folder_metrics(parse_params({"evaluate": {**FEW, "classifier": {"seed": 1}}}).evaluate, a, noisy,
+    other = ev.folder_metrics(params.evaluate, a, noisy, net=ruler.RandomConvRuler(ruler.random_arrays(1)),
                               log=lambda m: None)
-    assert other["fd_random"] != first["fd_random"] and other["swd"] == first["swd"]
+    assert other["fd_random"] != first["fd_random"] and other["swd"] == first["swd"]  # another ruler
 
 
-def test_feature_net_of_the_other_source_is_a_user_error(tmp_path, monkeypatch, mnist_stub):
-    out, params, _ = _folder_setup(tmp_path, monkeypatch)
-    monkeypatch.setattr(ev, "_load_mnist", lambda d, split: mnist_stub[split])
-    with pytest.raises(UserError, match="rerun the classifier stage"):
-        ev.evaluate(parse_params({"evaluate": FEW}), outputs_dir=out, log=lambda m: None)
+def test_a_ruler_with_other_bytes_stops_evaluate_with_one_line(tmp_path, monkeypatch, mnist_stub, rulers_dir):
+    """One changed byte in a shipped ruler: evaluate names the file and both hashes, writes nothing."""
+    import hashlib
+    import shutil
+
+    out = _mnist_outputs(tmp_path, monkeypatch, mnist_stub)
+    tampered = tmp_path / "rulers"
+    shutil.copytree(rulers_dir, tampered)
+    path = tampered / ruler.DIGITS
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 1
+    path.write_bytes(bytes(raw))
+    want = ruler.recorded_sums(tampered)[ruler.DIGITS]
+    with pytest.raises(UserError) as err:
+        ev.evaluate(parse_params({"evaluate": FEW}), outputs_dir=out, log=lambda m: None, rulers=tampered)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    assert hashlib.sha256(bytes(raw)).hexdigest() in message and want in message
+    assert not (out / "metrics.json").exists()
 
 
 def test_gather_across_shards():

@@ -5,7 +5,8 @@ import yaml
 
 from conftest import REPO
 from src import train_log
-from src.paths import PROCESSED, Outputs
+from src.metrics.ruler import RULERS
+from src.paths import FOLDER_INDEX, PROCESSED, Outputs
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 OUT = Outputs()
@@ -41,12 +42,21 @@ def test_sample_reads_snapshots_and_writes_samples():
     assert OUT.snapshots.as_posix() in STAGES["sample"]["deps"]
 
 
-def test_classifier_outs():
-    assert _declared("classifier", "outs", "metrics") == _names(OUT.classifier, OUT.classifier_metrics)
+def test_scan_writes_the_index_and_preprocess_reads_it_not_the_folder():
+    assert _declared("scan", "outs", "metrics") == _names(FOLDER_INDEX)
+    assert STAGES["scan"].get("always_changed") is True
+    deps = STAGES["preprocess"]["deps"]
+    assert FOLDER_INDEX.as_posix() in deps
+    assert not any("data.folder" in d for d in deps)  # DVC must never hash the user's folder
+
+
+def test_no_stage_trains_a_ruler():
+    assert "classifier" not in STAGES
+    assert not any("classifier" in str(out) for stage in STAGES.values() for out in stage.get("outs", []))
 
 
 def test_evaluate_reads_what_the_other_stages_write():
     assert _declared("evaluate", "outs", "metrics") == _names(OUT.metrics, OUT.eval_curve)
     deps = set(STAGES["evaluate"]["deps"])
-    assert _names(PROCESSED, OUT.generator, OUT.snapshots, OUT.classifier,
+    assert _names(PROCESSED, OUT.generator, OUT.snapshots, RULERS,
                   OUT.train_log / train_log.SUMMARY) <= deps

@@ -22,7 +22,8 @@ import yaml
 
 from conftest import REPO, merge, write_mnist
 
-STAGES = ("preprocess", "train", "sample", "classifier", "evaluate")
+STAGES = ("scan", "preprocess", "train", "sample", "evaluate")
+SCAN_ONLY = {"scan": ["always changed"]}  # `dvc status` of a clean project: the scan stage runs on every repro
 RUNNING = re.compile(r"Running stage '([^']+)'")
 TIMEOUT = 900  # seconds for one dvc command; a tiny run takes well under a minute per stage
 
@@ -161,13 +162,11 @@ def make_project(root: Path, site_cache: Path, raw_params: dict) -> Project:
         shutil.copytree(REPO / name, root / name, ignore=ignore)
     for name in ("dvc.yaml", "Makefile", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO / name, root / name)
+    shutil.copytree(REPO / "data" / "rulers", root / "data" / "rulers")  # the shipped rulers, as a clone has them
     (root / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy2(REPO / ".dvc" / name, root / ".dvc" / name)
     write_tiny_mnist(root / "data" / "raw" / "mnist")
-    images = root / "data" / "raw" / "images"
-    images.mkdir(parents=True)
-    shutil.copy2(REPO / "data" / "raw" / "images" / "README.md", images / "README.md")
     project = Project(root, site_cache)
     project.write_params(raw_params)
     project.git("init", "-q")
@@ -180,6 +179,10 @@ def repo_params(**override) -> dict:
 
 def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 PLOT_IDS = ["Losses", "Discriminator_accuracy", "Throughput__images_per_second_", "Augmentation_probability",
@@ -230,7 +233,9 @@ def test_mnist_pipeline_end_to_end(mnist):
     assert any(name.startswith("ckpt_") for name in _files(outputs / "checkpoints"))
     assert _files(outputs / "snapshots") == ["generator_epoch_0002.npz", "generator_epoch_0004.npz"]
     assert (outputs / "generator.keras").stat().st_size > 0
-    assert (outputs / "classifier" / "classifier.keras").is_file()
+    # the default pipeline trains no ruler: it checks and uses the shipped one
+    assert not (outputs / "classifier").exists() and "Epoch 1/" not in out
+    assert _tree(root / "data" / "rulers") == _tree(REPO / "data" / "rulers")
     samples = _files(outputs / "samples")
     for epoch in (2, 4):
         assert f"grid_epoch_{epoch:04d}.png" in samples
@@ -251,19 +256,17 @@ def test_mnist_pipeline_end_to_end(mnist):
     env = json.loads((outputs / "environment.json").read_text())
     train = project.params()["train"]
     assert env["tensorflow"] and env["replicas"] == 1 and env["gpus"] == []
+    assert env["cpu"]["model"] and env["tensorflow_build"] == {"cuda": False, "onednn": True}
     assert env["jit_compile"] == train["jit_compile"] and env["mixed_precision"] == train["mixed_precision"]
 
 
 def test_repro_again_reruns_nothing(mnist):
     project, _, _ = mnist
     ran, out = project.repro()
-    assert ran == set(), out
-    for stage in STAGES:
+    assert ran == {"scan"}, out
+    for stage in set(STAGES) - {"scan"}:
         assert f"Stage '{stage}' didn't change, skipping" in out, out
-    assert "Data and pipelines are up to date." in out
-    status = project.dvc("status")
-    assert "Data and pipelines are up to date." in status.stdout
-    assert project.status_json() == {}
+    assert project.status_json() == SCAN_ONLY
 
 
 def test_plots_page(mnist):
@@ -273,15 +276,15 @@ def test_plots_page(mnist):
 
 
 @pytest.mark.parametrize("key, old, new, expected", [
-    ("sample.count", 32, 8, {"sample"}),
-    # A seed sweep keeps the yardstick: the classifier stage (own seed) does not run again.
-    ("common.seed", 42, 43, {"preprocess", "train", "sample", "evaluate"}),
-    ("evaluate.num_samples", 64, 48, {"evaluate"}),
-    ("train.epochs", 4, 6, {"train", "sample", "evaluate"}),
+    ("sample.count", 32, 8, {"scan", "sample"}),
+    # A seed sweep keeps the yardstick: the shipped rulers are never retrained.
+    ("common.seed", 42, 43, {"scan", "preprocess", "train", "sample", "evaluate"}),
+    ("evaluate.num_samples", 64, 48, {"scan", "evaluate"}),
+    ("train.epochs", 4, 6, {"scan", "train", "sample", "evaluate"}),
 ])
 def test_changing_one_param_reruns_only_its_readers(mnist, key, old, new, expected):
     project, _, _ = mnist
-    classifier_before = (project.root / "outputs" / "classifier" / "classifier.keras").read_bytes()
+    rulers_before = _tree(project.root / "data" / "rulers")
     project.set_param(key, new)
     # the change is visible to DVC exactly: one key, its old and new value
     diff = project.dvc_json("params", "diff")
@@ -290,14 +293,14 @@ def test_changing_one_param_reruns_only_its_readers(mnist, key, old, new, expect
     assert ran == expected, out
     for stage in set(STAGES) - expected:
         assert f"Stage '{stage}' didn't change, skipping" in out, out
-    assert project.status_json() == {}
+    assert project.status_json() == SCAN_ONLY
     project.git("commit", "-q", "-am", f"{key}={new}")
 
     samples = project.root / "outputs" / "samples"
     if key == "sample.count":  # re-rendered with 8 images per snapshot, stale ones removed
         assert sum(n.startswith("generated_image_epoch_0002_") for n in _files(samples)) == 8
     if key == "common.seed":
-        assert (project.root / "outputs" / "classifier" / "classifier.keras").read_bytes() == classifier_before
+        assert _tree(project.root / "data" / "rulers") == rulers_before
     if key == "evaluate.num_samples":
         assert project.metrics()["num_samples"] == 48
         mdiff = project.dvc_json("metrics", "diff", "HEAD~1")  # old values come from the DVC cache
@@ -326,12 +329,11 @@ def test_remote_round_trip(mnist, tmp_path):
     clone.dvc("remote", "add", "-d", "local", str(remote))
     clone.dvc("pull")
 
-    assert clone.status_json() == {}
+    assert clone.status_json() == SCAN_ONLY
     ran, out = clone.repro()
-    assert ran == set(), out
-    assert "Data and pipelines are up to date." in out
+    assert ran == {"scan"}, out
     for rel in ("outputs/metrics.json", "outputs/eval_curve.tsv", "outputs/generator.keras",
-                "outputs/classifier/metrics.json", "outputs/environment.json",
+                "outputs/environment.json",
                 "outputs/train_log/metrics.json", "outputs/train_log/plots/metrics/d_loss.tsv",
                 "data/processed/manifest.json"):
         assert (clone.root / rel).read_bytes() == (project.root / rel).read_bytes(), rel
@@ -370,12 +372,88 @@ def test_folder_preset_end_to_end(tmp_path):
     for key in ("swd", "swd_real", "fd_random", "fd_random_real", "kd_random", "kd_random_real"):
         assert set(metrics[key + "_ci95"]) == {"lo", "hi"}, key
     assert "fid" not in metrics and "fid_keras_inception" not in metrics
-    # the classifier stage built the random conv net and trained nothing
-    assert json.loads((root / "outputs" / "classifier" / "metrics.json").read_text()) == {"feature_net": "random-conv"}
+    assert not (root / "outputs" / "classifier").exists()  # the shipped random conv net: nothing built
     curve = (root / "outputs" / "eval_curve.tsv").read_text().splitlines()
     assert curve[0] == "epoch\tswd" and len(curve) == 3
     assert '"swd"' in check_plots_page(project)
 
     ran, out = project.repro()
-    assert ran == set(), out
-    assert project.status_json() == {}
+    assert ran == {"scan"}, out
+    assert project.status_json() == SCAN_ONLY
+
+
+# ---------------------------------------------------------------------------- pictures are DVC data
+def _add_bad_entries(folder: Path) -> dict[str, str]:
+    """What no tool can hash or read as a picture, in ``folder``; the report reason each must get."""
+    os.symlink("nowhere/gone.png", folder / "broken link.png")
+    os.symlink("loop.png", folder / "loop.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "album.png").mkdir()
+    locked = folder / "locked.png"
+    locked.write_bytes(b"not readable by the stage")
+    os.chmod(locked, 0)
+    want = {"broken link.png": "dangling symlink", "loop.png": "symlink loop",
+            "pipe.png": "not a regular file (FIFO)", "album.png": "a folder, not an image file",
+            # root reads any file: then it is read, and is not an image
+            "locked.png": "unreadable: Permission denied" if os.geteuid() != 0 else "not an image"}
+    return want
+
+
+def _check_report(root: Path, want: dict[str, str], images: int) -> None:
+    report = json.loads((root / "data" / "processed" / "report.json").read_text())
+    reasons = {s["file"]: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == set(want), reasons
+    for name, reason in want.items():
+        assert reasons[name].startswith(reason), (name, reasons[name])
+    assert report["images"] == images
+
+
+def test_pictures_travel_through_dvc_and_no_folder_entry_stops_repro(tmp_path):
+    """`dvc add` the pictures, push, clone, pull: nothing reruns, same shards. Then a dangling
+    symlink, a symlink loop, a FIFO, an unreadable file and a folder named like an image, in
+    the added folder and in a folder outside the repository: `dvc repro` runs to the end."""
+    project = make_project(tmp_path / "project", tmp_path / "dvc-site-cache", repo_params(**TINY_MNIST))
+    images = project.root / "data" / "raw" / "images"
+    write_tiny_images(images, n=24)
+    project.run("make", "--no-print-directory", "preset", "PRESET=folder-fast")
+    project.write_params(merge(project.params(), TINY_FOLDER))
+    project.dvc("add", "data/raw/images")
+    ran, out = project.repro()
+    assert ran == set(STAGES), out
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "pictures by DVC")
+    tracked = project.run("git", "ls-files").stdout.split()
+    assert "data/raw/images.dvc" in tracked and not any(t.startswith("data/raw/images/") for t in tracked)
+
+    remote = tmp_path / "remote"
+    project.dvc("remote", "add", "-d", "local", str(remote))
+    project.dvc("push")
+    clone = Project(tmp_path / "clone", Path(project.env["DVC_SITE_CACHE_DIR"]))
+    subprocess.run(["git", "clone", "-q", str(project.root), str(clone.root)], check=True, env=clone.env,
+                   timeout=TIMEOUT)
+    assert not (clone.root / "data" / "raw" / "images").exists()
+    clone.dvc("remote", "add", "-d", "local", str(remote))
+    clone.dvc("pull")
+    assert _tree(clone.root / "data" / "raw" / "images") == _tree(images)
+    ran, out = clone.repro()
+    assert ran == {"scan"}, out  # the index of the pulled pictures is the same bytes: nothing else reruns
+    assert _tree(clone.root / "data" / "processed") == _tree(project.root / "data" / "processed")
+
+    # Entries no tool can hash, in the DVC-tracked folder: the pipeline still runs to the end.
+    want = _add_bad_entries(images)
+    ran, out = project.repro()
+    assert ran == set(STAGES), out  # the report (in data/processed) lists them: downstream reruns
+    _check_report(project.root, want, 24)
+    assert (project.root / "outputs" / "metrics.json").is_file()
+
+    # The same in a folder outside the repository (an absolute data.folder).
+    outside = tmp_path / "outside pictures"
+    write_tiny_images(outside, n=20)
+    want = _add_bad_entries(outside)
+    project.set_param("data.folder", str(outside))
+    ran, out = project.repro()
+    assert ran == set(STAGES), out
+    _check_report(project.root, want, 20)
+    assert "ERROR" not in out and "Traceback" not in out
+    os.chmod(outside / "locked.png", 0o644)
+    os.chmod(images / "locked.png", 0o644)

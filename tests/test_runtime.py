@@ -52,6 +52,18 @@ def test_native_bfloat16_reads_the_cpu_flags(monkeypatch, tmp_path):
         assert runtime.native_bfloat16() is expected
 
 
+def test_cpu_info_names_the_model_and_the_matrix_flags(monkeypatch, tmp_path):
+    import builtins
+    real_open = builtins.open
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+                                      "flags\t\t: fpu avx2 fma avx512f amx_bf16 amx_tile sse4_2\n"
+                                      "processor\t: 1\nmodel name\t: other\n")
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(tmp_path / "cpuinfo" if p == "/proc/cpuinfo" else p, *a, **k))
+    info = runtime.cpu_info()
+    assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert info["matrix_flags"] == ["avx2", "fma", "avx512f", "amx_tile", "amx_bf16"]
+
+
 def test_cpu_threads_are_set_before_tensorflow_starts(tmp_path):
     """A fresh process (as the train stage is) gets the pools params ask for."""
     import subprocess

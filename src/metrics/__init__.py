@@ -1,11 +1,6 @@
 """Sample-quality metrics for the GAN: Frechet distance, KID, classifier score/coverage, SWD.
 
-Every function here is deterministic for a given seed. The feature networks live in
-:mod:`src.metrics.classifier` (a small MNIST CNN) and :mod:`src.metrics.inception`
-(InceptionV3 pool features for RGB folder data).
+Every function here is deterministic for a given seed. The feature networks (the rulers)
+are shipped in ``data/rulers`` and run by :mod:`src.metrics.ruler`; :mod:`src.metrics.inception`
+gives InceptionV3 pool features for RGB folder data when its weights are available.
 """
-from src.metrics.frechet import feature_stats, frechet_distance, frechet_from_features
-from src.metrics.kid import kernel_inception_distance, mmd2_unbiased
-
-__all__ = ["feature_stats", "frechet_distance", "frechet_from_features",
-           "kernel_inception_distance", "mmd2_unbiased"]
