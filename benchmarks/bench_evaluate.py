@@ -2,10 +2,9 @@
 
 Feature extraction for generated + reference + real (+ noise) images, FID/KID/classifier
 score/coverage, SWD, and their 95% intervals (bootstrap and folds) — everything ``stages/evaluate.py`` does except the over-training
-curve. Uses outputs/classifier/classifier.keras and outputs/generator.keras when they exist;
-otherwise an untrained classifier and an untrained generator of the configured architecture
-stand in (the timing is the same, the metric values are then meaningless). Classifier
-training is not timed here (``python stages/classifier.py`` prints its time).
+curve. Features come from the shipped ruler (data/rulers, NumPy). Uses outputs/generator.keras
+when it exists; otherwise an untrained generator of the configured architecture stands in
+(the timing is the same, the metric values are then meaningless).
 
     python benchmarks/bench_evaluate.py [--samples 10000]
 """
@@ -31,7 +30,6 @@ def main() -> None:
 
     from src.config import load_params, parse_params
     from src.evaluate import evaluate
-    from src.metrics.classifier import build_classifier
     from src.networks import build_generator
 
     params = load_params() if Path("params.yaml").is_file() else parse_params({})
@@ -44,13 +42,6 @@ def main() -> None:
     notes = []
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
         out = Path(tmp)
-        (out / "classifier").mkdir()
-        cls_file = Path("outputs/classifier/classifier.keras")
-        if cls_file.is_file():
-            shutil.copy(cls_file, out / "classifier" / "classifier.keras")
-        else:
-            build_classifier().save(out / "classifier" / "classifier.keras")
-            notes.append("untrained stand-in classifier")
         gen_file = Path("outputs/generator.keras")
         if gen_file.is_file():
             shutil.copy(gen_file, out / "generator.keras")

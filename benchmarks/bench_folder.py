@@ -97,7 +97,7 @@ def train_runs(args, keep: Path) -> None:
 def score_runs(args, keep: Path) -> list[dict]:
     """Score every snapshot of every run in ``keep`` against the whole folder (processed0)."""
     from src.dataset import open_shards
-    from src.metrics import randnet
+    from src.metrics import ruler
     from src.metrics.classifier import to_unit_range
 
     _, shards = open_shards(keep / "processed0")
@@ -107,7 +107,7 @@ def score_runs(args, keep: Path) -> list[dict]:
         for mode in args.modes:
             out = keep / f"run-{subset}-{mode}"
             params = parse_params(yaml.safe_load((out / "params.yaml").read_text()))
-            net = randnet.build_random_net(params.evaluate.classifier.seed)
+            net = ruler.random_ruler()
             images_per_epoch = params.train.steps_per_epoch * params.train.batch_size
             for line in (out / "times.tsv").read_text().splitlines():
                 epoch, minutes = int(line.split("\t")[0]), float(line.split("\t")[1])

@@ -2,7 +2,7 @@
 time as our default run's train stage, judged by the same evaluate stage.
 
 Needs a finished default run (`make repro`: outputs/metrics.json, outputs/train_log,
-outputs/classifier). Trains the original way (train_on_batch on the discriminator, then
+data/rulers). Trains the original way (train_on_batch on the discriminator, then
 on the combined model with the discriminator frozen; batch 32, Adam 2e-4/0.5) for the
 seconds our train stage took (or --seconds), then prints both FIDs.
 
@@ -78,8 +78,6 @@ def main() -> None:
     generator, steps = train_original(params, seconds, images)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        (out / "classifier").mkdir()
-        os.symlink(REPO / "outputs/classifier/classifier.keras", out / "classifier/classifier.keras")
         generator.save(out / "generator.keras")
         theirs = evaluate(params, outputs_dir=out, processed_dir=REPO / "data/processed")
     print(f"training time: {seconds:.0f} s each; original MLP way: {steps} steps of batch 32")

@@ -90,3 +90,45 @@ def test_the_closure_follows_lazy_and_package_imports():
     closure = import_closure(REPO / "stages" / "train.py")
     names = {str(p.relative_to(REPO)) for p in closure}
     assert {"src/training_loop.py", "src/augment.py", "src/__init__.py", "stages/_bootstrap.py"} <= names
+
+
+# ---------------------------------------------------------------------------- dvc.lock
+def stale_lock_deps(root: Path) -> list[str]:
+    """The code deps of ``root/dvc.lock`` whose recorded md5 is not the file's (git-tracked
+    files only: data and outputs are the cache's business)."""
+    import hashlib
+    import subprocess
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    stale = []
+    for name, stage in lock.get("stages", {}).items():
+        for dep in stage.get("deps", []):
+            path = dep["path"]
+            if path in tracked and (root / path).is_file():
+                if hashlib.md5((root / path).read_bytes()).hexdigest() != dep.get("md5"):
+                    stale.append(f"{name}: {path}")
+    return stale
+
+
+def test_a_committed_dvc_lock_matches_the_code_it_is_committed_with(tmp_path):
+    """The repository ships no dvc.lock (a team commits the one its own `dvc repro` writes);
+    if one is committed, each code dependency's md5 must be the file's. The checker is
+    shown to catch a stale entry on a scratch repository first."""
+    import hashlib
+    import subprocess
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "a.py"], cwd=tmp_path, check=True)
+    good = hashlib.md5(b"x = 1\n").hexdigest()
+    lock = {"schema": "2.0", "stages": {"s": {"cmd": "true", "deps": [{"path": "a.py", "md5": good, "size": 6}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert stale_lock_deps(tmp_path) == []
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert stale_lock_deps(tmp_path) == ["s: a.py"]
+
+    tracked = subprocess.run(["git", "ls-files", "dvc.lock"], cwd=REPO, capture_output=True, text=True).stdout
+    if tracked.strip():
+        assert stale_lock_deps(REPO) == [], "dvc.lock is stale: rerun `dvc repro` and commit it"
