@@ -59,7 +59,7 @@ LABEL_KEYWORDS = ("none", "mnist", "subfolders")  # data.labels: these, or a lab
 
 
 def _labels_check(v: str) -> str | None:
-    is_file = v.endswith(".csv") and not os.path.isabs(v) and ".." not in Path(v).parts
+    is_file = v.lower().endswith(".csv") and not os.path.isabs(v) and ".." not in Path(v).parts
     return None if v in LABEL_KEYWORDS or is_file else (
         f"{', '.join(LABEL_KEYWORDS)} or a .csv label file inside data.folder (e.g. labels.csv)")
 

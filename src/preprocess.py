@@ -164,7 +164,8 @@ def preprocess(data: DataParams, seed: int, out_dir: Path) -> dict:
         size, channels, total, files = 28, 1, len(images), []
         source = {"source": "mnist", "mnist_dir": str(data.mnist_dir)}
         if data.labels == "mnist":
-            origin = str(Path(data.mnist_dir) / SPLITS["train"][1])
+            idx = Path(data.mnist_dir) / SPLITS["train"][1]
+            origin = str(idx if idx.is_file() else data.mnist_dir)  # or mnist.npz / Keras's copy
             classes, labels = mnist_labels(digits, origin)
             origins = [origin] * len(classes)
     else:

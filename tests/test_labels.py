@@ -441,3 +441,29 @@ def test_stage_refuses_a_bad_label_file_with_one_line_and_exit_2(tmp_path):
     assert lines == ["error: data/raw/flat/labels.csv line 8: expected 2 fields (path,class), got 1"], result.stderr
     assert files_of(project / "data" / "processed") == before
     assert sorted(p.name for p in (project / "data").iterdir()) == ["processed", "raw"]
+
+
+# ---------------------------------------------------------------------------- DVC stays honest
+def test_dvc_reruns_preprocess_when_the_label_file_changes(tmp_path):
+    """The label file lives in data.folder, a dep of the preprocess stage: relabelling one
+    image makes the stage out of date, and `dvc repro` stores the new label."""
+    from test_pipeline import make_project, repo_params
+    raw = repo_params(data={"source": "folder", "image_size": 16, "channels": 3, "workers": 1, "shard_size": 16,
+                            "labels": "labels.csv", "min_class_size": 0})
+    project = make_project(tmp_path / "project", tmp_path / "dvc-site-cache", raw)
+    folder = project.root / "data" / "raw" / "images"
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        save_png(folder / f"i{i}.png", rng)
+    (folder / "labels.csv").write_text("path,class\ni0.png,a\ni1.png,a\ni2.png,b\ni3.png,b\n")
+    project.dvc("repro", "preprocess")
+    processed = project.root / "data" / "processed"
+    assert np.load(processed / "labels_00000.npy").tolist() == [0, 0, 1, 1]
+    assert project.dvc_json("status", "preprocess") == {}
+
+    (folder / "labels.csv").write_text("path,class\ni0.png,a\ni1.png,b\ni2.png,b\ni3.png,b\n")
+    status = project.dvc_json("status", "preprocess")
+    assert status == {"preprocess": [{"changed deps": {"data/raw/images": "modified"}}]}, status
+    project.dvc("repro", "preprocess")
+    assert np.load(processed / "labels_00000.npy").tolist() == [0, 1, 1, 1]
+    assert json.loads((processed / "report.json").read_text())["class_counts"] == {"a": 1, "b": 3}
