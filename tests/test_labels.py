@@ -173,9 +173,12 @@ def test_subfolder_labels(tmp_path, capsys):
                    "data.min_class_size (2)"]
 
 
-def test_label_file(tmp_path):
+@pytest.mark.parametrize("spreadsheet", [False, True])
+def test_label_file(tmp_path, spreadsheet):
     folder = make_flat(tmp_path)
-    (folder / "labels.csv").write_bytes(b"\xef\xbb\xbf" + (folder / "labels.csv").read_bytes())  # a spreadsheet's BOM
+    if spreadsheet:  # as a spreadsheet saves it: a byte-order mark and CRLF line ends
+        text = (folder / "labels.csv").read_bytes().replace(b"\n", b"\r\n")
+        (folder / "labels.csv").write_bytes(b"\xef\xbb\xbf" + text)
     manifest = prep.preprocess(folder_params(folder, labels="labels.csv", min_class_size=0), 0, tmp_path / "p")
     assert manifest["classes"] == ["comet", "moon", "star"]
     # File order: p1, p2, q, 1, r, sub/s
