@@ -70,8 +70,9 @@ def _subfolder_labels(folder: Path, files: list[str]) -> tuple[list[str], np.nda
     with os.scandir(folder) as entries:
         dirs = {entry.name for entry in entries if entry.is_dir(follow_symlinks=False)}
     of_file = [rel.split("/", 1)[0] for rel in files]
-    classes = sorted(dirs | set(of_file), key=os.fsencode)
-    empty = [name for name in classes if name not in set(of_file)]
+    with_images = set(of_file)
+    classes = sorted(dirs | with_images, key=os.fsencode)
+    empty = [name for name in classes if name not in with_images]
     if empty:
         raise UserError(f"{folder / empty[0]}: class '{empty[0]}' is empty (no image file in this sub-folder)")
     index = {name: i for i, name in enumerate(classes)}
