@@ -55,6 +55,15 @@ def _rgb_check(v: list) -> str | None:
     return None if len(v) == 3 and all(0 <= x <= 255 for x in v) else "three integers in [0, 255]"
 
 
+LABEL_KEYWORDS = ("none", "mnist", "subfolders")  # data.labels: these, or a label file (src/labels.py)
+
+
+def _labels_check(v: str) -> str | None:
+    is_file = v.lower().endswith(".csv") and not os.path.isabs(v) and ".." not in Path(v).parts
+    return None if v in LABEL_KEYWORDS or is_file else (
+        f"{', '.join(LABEL_KEYWORDS)} or a .csv label file inside data.folder (e.g. labels.csv)")
+
+
 # ---------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class CommonParams:
@@ -73,6 +82,8 @@ class DataParams:
     background: list[int] = _spec(check=_rgb_check, factory=lambda: [255, 255, 255])
     shard_size: int = _spec(10000, check=at_least(1))
     workers: int = _spec(0, check=at_least(0))
+    labels: str = _spec("none", check=_labels_check)
+    min_class_size: int = _spec(10, check=at_least(0))
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -290,6 +301,12 @@ def _cross_checks(p: Params) -> None:
                             f"(got {d.image_size} and {d.channels})")
     elif not Path(d.folder).is_dir():
         raise UserError(f"params key 'data.folder' must be an existing folder of images; '{d.folder}' does not exist")
+    if d.labels != "none" and (d.labels == "mnist") != (d.source == "mnist"):  # MNIST's digits or a folder's labels
+        allowed = "none or mnist" if d.source == "mnist" else "none, subfolders or a .csv label file"
+        raise UserError(f"params key 'data.labels' must be {allowed} for data.source {d.source}; got {d.labels!r}")
+    if d.source == "folder" and d.labels not in LABEL_KEYWORDS and not (Path(d.folder) / d.labels).is_file():
+        raise UserError(f"params key 'data.labels' must name a label file in data.folder; "
+                        f"'{Path(d.folder) / d.labels}' does not exist")
     if m.arch == "dcgan":
         blocks = len(m.dcgan.g_filters)
         if d.image_size % (2 ** blocks):

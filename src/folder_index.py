@@ -5,7 +5,8 @@ A user's folder may hold entries no tool can hash: a dangling symlink or a symli
 unreadable file. So ``dvc.yaml`` never hashes the folder itself: the ``scan`` stage runs on
 every ``dvc repro`` (``always_changed``), lists the folder with :func:`src.images.scan_images`
 (which opens nothing but regular files) and writes this index: each usable file's relative
-path, size and sha256, and each skipped entry with its reason. The index is the
+path, size and sha256, each skipped entry with its reason, and the sha256 of a label file
+(``data.labels``) if one is named. The index is the
 preprocess stage's dependency, so DVC reruns preprocess exactly when the bytes it would
 read change, and the index's own bytes are the same for the same folder content anywhere
 (no times, no absolute paths). Preprocess checks each file's sha256 against the index as it
@@ -17,14 +18,16 @@ import hashlib
 import os
 from pathlib import Path
 
+from src.config import LABEL_KEYWORDS
 from src.errors import UserError
 from src.images import scan_images
 
 VERSION = 1
 
 
-def build_index(source: str, folder: str | os.PathLike | None) -> dict:
-    """The index of ``folder`` (for ``source`` 'folder'); for MNIST, only the source: the
+def build_index(source: str, folder: str | os.PathLike | None, labels: str = "none") -> dict:
+    """The index of ``folder`` (for ``source`` 'folder'), with the sha256 of the label file
+    that ``labels`` (``data.labels``) names inside it, if any; for MNIST, only the source: the
     image folder is not read at all, so changing it reruns nothing."""
     if source != "folder":
         return {"version": VERSION, "source": source}
@@ -41,7 +44,14 @@ def build_index(source: str, folder: str | os.PathLike | None) -> dict:
             continue
         files.append({"file": rel, "bytes": size, "sha256": digest})
     skipped.sort(key=lambda s: os.fsencode(s["file"]))
-    return {"version": VERSION, "source": source, "files": files, "skipped": skipped}
+    index = {"version": VERSION, "source": source, "files": files, "skipped": skipped}
+    if labels not in LABEL_KEYWORDS:  # a label file in the folder: its bytes decide the labels
+        try:
+            digest, size = _hash(folder / labels)
+            index["label_file"] = {"file": labels, "bytes": size, "sha256": digest}
+        except OSError as exc:  # preprocess says what is wrong with it, in one line
+            index["label_file"] = {"file": labels, "error": exc.strerror or str(exc)}
+    return index
 
 
 def _hash(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:

@@ -1,7 +1,8 @@
 """Stage: build data/processed/ (shards, manifest.json, report.json) from params.yaml's data section.
 
 Run from the repository root: ``python stages/preprocess.py``. Exits 2 with one line on a
-user error (bad params, missing source, no usable image).
+user error (bad params, missing source, no usable image, an image without a label, a label
+without an image, an empty class); a class below data.min_class_size gets a warning line.
 """
 from __future__ import annotations
 

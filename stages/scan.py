@@ -21,7 +21,7 @@ from src.paths import FOLDER_INDEX  # noqa: E402
 @stage_main
 def main() -> None:
     params = load_params()
-    index = build_index(params.data.source, params.data.folder)
+    index = build_index(params.data.source, params.data.folder, params.data.labels)
     write_json(FOLDER_INDEX, index)
     print(summary(index))
 
