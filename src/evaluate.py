@@ -68,6 +68,12 @@ def _generate(generator, n: int, latent_dim: int, seed: int, batch_size: int) ->
     return generate_images(generator, n, latent_dim, seed, batch_size)
 
 
+def _keep_best(params, outputs: Outputs, curve: str, write: bool) -> dict:
+    """The best snapshot of the curve, exported as ``generator_best.keras`` (:mod:`src.best_snapshot`)."""
+    from src.best_snapshot import keep_best
+    return keep_best(params, curve, outputs.snapshots, outputs.generator_best, write=write)
+
+
 def _load_feature_net(path: Path, kind: str):
     """The classifier stage's network: ``kind`` 'mnist-cnn' (features, probs) or 'random-conv'."""
     import keras
@@ -331,7 +337,8 @@ def _evaluate_folder(params, outputs: Outputs, processed_dir: Path,
 # ---------------------------------------------------------------- entry point
 def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Path = PROCESSED,
              write: bool = True, log: Callable[[str], None] = _log) -> dict:
-    """Compute the metrics; write ``metrics.json`` and ``eval_curve.tsv`` under ``outputs_dir``.
+    """Compute the metrics; write ``metrics.json``, ``eval_curve.tsv`` and the best snapshot's
+    generator (``generator_best.keras``) under ``outputs_dir``.
 
     Reads (under ``outputs_dir``, see :class:`src.paths.Outputs`) the generator, its
     snapshots, the classifier stage's network and the train log's summary.
@@ -346,6 +353,7 @@ def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Pat
     else:
         metrics, curve = _evaluate_folder(params, outputs, Path(processed_dir), log)
     metrics.update(read_train_log(outputs.train_log))
+    metrics.update(_keep_best(params, outputs, curve, write))
     metrics = {k: _rounded(v) for k, v in metrics.items()}
     if write:
         write_json(outputs.metrics, metrics)

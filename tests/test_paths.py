@@ -46,7 +46,7 @@ def test_classifier_outs():
 
 
 def test_evaluate_reads_what_the_other_stages_write():
-    assert _declared("evaluate", "outs", "metrics") == _names(OUT.metrics, OUT.eval_curve)
+    assert _declared("evaluate", "outs", "metrics") == _names(OUT.metrics, OUT.eval_curve, OUT.generator_best)
     deps = set(STAGES["evaluate"]["deps"])
     assert _names(PROCESSED, OUT.generator, OUT.snapshots, OUT.classifier,
                   OUT.train_log / train_log.SUMMARY) <= deps
