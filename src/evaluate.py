@@ -69,6 +69,12 @@ def _generate(generator, n: int, latent_dim: int, seed: int, batch_size: int) ->
     return generate_images(generator, n, latent_dim, seed, batch_size)
 
 
+def _keep_best(params, outputs: Outputs, curve: str, write: bool) -> dict:
+    """The best snapshot of the curve, exported as ``generator_best.keras`` (:mod:`src.best_snapshot`)."""
+    from src.best_snapshot import keep_best
+    return keep_best(params, curve, outputs.snapshots, outputs.generator_best, write=write)
+
+
 # ---------------------------------------------------------------- helpers
 def _round(value: float) -> float:
     return float(f"{float(value):.{SIGNIFICANT}g}")
@@ -315,7 +321,8 @@ def _evaluate_folder(params, outputs: Outputs, processed_dir: Path, rulers: Path
 # ---------------------------------------------------------------- entry point
 def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Path = PROCESSED,
              write: bool = True, log: Callable[[str], None] = _log, rulers: str | Path = ruler.RULERS) -> dict:
-    """Compute the metrics; write ``metrics.json`` and ``eval_curve.tsv`` under ``outputs_dir``.
+    """Compute the metrics; write ``metrics.json``, ``eval_curve.tsv`` and the best snapshot's
+    generator (``generator_best.keras``) under ``outputs_dir``.
 
     Reads (under ``outputs_dir``, see :class:`src.paths.Outputs`) the generator, its
     snapshots and the train log's summary; the feature networks from ``rulers`` (checked
@@ -331,6 +338,7 @@ def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Pat
     else:
         metrics, curve = _evaluate_folder(params, outputs, Path(processed_dir), Path(rulers), log)
     metrics.update(read_train_log(outputs.train_log))
+    metrics.update(_keep_best(params, outputs, curve, write))
     metrics = {k: _rounded(v) for k, v in metrics.items()}
     if write:
         write_json(outputs.metrics, metrics)

@@ -1,5 +1,9 @@
 """Generate images from a trained generator: ``python -m src.generate --n 10000 --out samples.npy``.
 
+The generator (``--generator``): ``final`` (default, ``outputs/generator.keras``: the last
+epoch's EMA generator), ``best`` (``outputs/generator_best.keras``: the snapshot that scored
+best on the evaluate stage's over-training curve), or the path of a ``.keras`` or snapshot ``.npz``.
+
 Outputs (chosen by ``--out``):
 
 - a path ending in ``.npy``: one uint8 array (n, H, W, C), filled batch by batch through a
@@ -66,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, help="number of images (required unless --interpolate)")
     p.add_argument("--out", required=True, help="file.npy (one uint8 array), a folder for PNGs, "
                                                 "or with --interpolate the picture's path")
-    p.add_argument("--generator", default="outputs/generator.keras", help="exported .keras or snapshot .npz")
+    p.add_argument("--generator", default="final",
+                   help="'final' (outputs/generator.keras, the last epoch), 'best' (outputs/generator_best.keras, "
+                        "the snapshot the evaluate stage scored best), or the path of a .keras or snapshot .npz")
     p.add_argument("--params", default="params.yaml", help="params file the generator was trained with")
     p.add_argument("--seed", type=_seed, help="latent seed (default: params common.seed)")
     p.add_argument("--truncation", type=_truncation, help="redraw latent values beyond +-T (T > 0)")
@@ -151,6 +157,14 @@ def interpolation_latents(rows: int, steps: int, latent_dim: int, seed: int, tru
 
 
 # ---------------------------------------------------------------------------- main
+def generator_file(choice: str) -> Path:
+    """The file of ``--generator``: 'final' and 'best' name the pipeline's two exports, anything else is a path."""
+    from src.paths import Outputs
+
+    named = {"final": Outputs().generator, "best": Outputs().generator_best}
+    return named.get(choice, Path(choice))
+
+
 def run(argv: list[str] | None = None) -> str:
     """Parse ``argv``, generate, write; return the one-line summary."""
     args = build_parser().parse_args(argv)
@@ -163,9 +177,10 @@ def run(argv: list[str] | None = None) -> str:
 
     params = load_params(args.params)
     seed = params.common.seed if args.seed is None else args.seed
-    generator_path = Path(args.generator)
+    generator_path = generator_file(args.generator)
     if not generator_path.is_file():
-        raise UserError(f"{generator_path}: generator file not found (run the train stage first, or pass --generator)")
+        stage = "evaluate" if args.generator == "best" else "train"
+        raise UserError(f"{generator_path}: generator file not found (run the {stage} stage first, or pass --generator)")
     out = Path(args.out)
     as_npy = out.suffix.lower() == ".npy"
     _check_writable(out if (as_npy or args.interpolate is not None) else out / "x")

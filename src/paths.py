@@ -73,3 +73,8 @@ class Outputs:
     @property
     def eval_curve(self) -> Path:
         return self.root / "eval_curve.tsv"
+
+    @property
+    def generator_best(self) -> Path:
+        """The snapshot that scores best on ``eval_curve`` (src/best_snapshot.py), as ``.keras``."""
+        return self.root / "generator_best.keras"

@@ -25,6 +25,10 @@ def main() -> None:
     shown = ("fid", "kid", "classifier_score", "coverage", "swd", "fid_real", "swd_real")
     summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
     print(f"evaluate: {summary} ({time.perf_counter() - start:.0f}s)")
+    if "best_epoch" in metrics:
+        print(f"evaluate: best snapshot epoch {metrics['best_epoch']} ({metrics['curve_metric']} "
+              f"{metrics['best_curve_score']:.4g}; final epoch {metrics['final_epoch']}: "
+              f"{metrics['final_curve_score']:.4g}) kept as outputs/generator_best.keras")
     if "note" in metrics:
         print(f"evaluate: note: {metrics['note']}")
 

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import draw_digits  # noqa: E402
 
+from src import best_snapshot
 from src import evaluate as ev
 from src.config import parse_params
 from src.dataset import ShardReader
@@ -46,6 +47,9 @@ def _patch_generator(monkeypatch, size=28, channels=1):
         return StubGenerator(0.05, size, channels)
 
     monkeypatch.setattr(ev, "_load_generator", load)
+    # the best snapshot's export loads the real network; a stub snapshot is copied as is
+    monkeypatch.setattr(best_snapshot, "export_generator", lambda params, snapshot, path: path.write_bytes(
+        snapshot.read_bytes()))
     monkeypatch.setattr(ev, "_generate", lambda g, n, latent_dim, seed, batch_size: g.generate(n, seed))
 
 

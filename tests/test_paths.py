@@ -56,7 +56,7 @@ def test_no_stage_trains_a_ruler():
 
 
 def test_evaluate_reads_what_the_other_stages_write():
-    assert _declared("evaluate", "outs", "metrics") == _names(OUT.metrics, OUT.eval_curve)
+    assert _declared("evaluate", "outs", "metrics") == _names(OUT.metrics, OUT.eval_curve, OUT.generator_best)
     deps = set(STAGES["evaluate"]["deps"])
     assert _names(PROCESSED, OUT.generator, OUT.snapshots, RULERS,
                   OUT.train_log / train_log.SUMMARY) <= deps

@@ -249,6 +249,10 @@ def test_mnist_pipeline_end_to_end(mnist):
     assert metrics["num_samples"] == 64 and metrics["feature_net"] == "mnist-cnn"
     curve = (outputs / "eval_curve.tsv").read_text().splitlines()
     assert curve[0] == "epoch\tfid" and [line.split("\t")[0] for line in curve[1:]] == ["2", "4"]
+    scores = {int(e): float(v) for e, v in (line.split("\t") for line in curve[1:])}
+    assert metrics["best_epoch"] in scores and metrics["best_curve_score"] == min(scores.values())
+    assert metrics["final_epoch"] == 4 and metrics["final_curve_score"] == scores[4]
+    assert (outputs / "generator_best.keras").stat().st_size > 0
     log = (outputs / "train_log" / "plots" / "metrics" / "d_loss.tsv").read_text().splitlines()
     assert log[0] == "step\td_loss" and [row.split("\t")[0] for row in log[1:]] == ["1", "2", "3", "4"]
     assert json.loads((outputs / "train_log" / "metrics.json").read_text())["step"] == 4
@@ -333,7 +337,7 @@ def test_remote_round_trip(mnist, tmp_path):
     ran, out = clone.repro()
     assert ran == {"scan"}, out
     for rel in ("outputs/metrics.json", "outputs/eval_curve.tsv", "outputs/generator.keras",
-                "outputs/environment.json",
+                "outputs/generator_best.keras", "outputs/environment.json",
                 "outputs/train_log/metrics.json", "outputs/train_log/plots/metrics/d_loss.tsv",
                 "data/processed/manifest.json"):
         assert (clone.root / rel).read_bytes() == (project.root / rel).read_bytes(), rel

@@ -1,0 +1,179 @@
+"""Which levers raise a preset's training img/s on this machine: short alternating runs, side by side.
+
+Speed only: a lever that wins here must still show that quality per image holds
+(``bench_folder.py``) before a preset takes it. Two groups:
+
+- in one process (the preset's threads and precision), each variant's compiled train step
+  (``GAN.train_chunk`` on images in memory), timed in alternating windows so that a change
+  of load on a shared machine hits every variant alike: the preset; batch 64 and 128 (learning
+  rates scaled by the square root of the batch ratio; about the same images per compiled
+  call); half the channels; no augmentation; XLA (``jit_compile``: fuses element-wise ops);
+- thread pools (fixed when TensorFlow starts, so one process each, run in alternating
+  rounds): intra-op x inter-op threads.
+
+Prints img/s (best window and median) and the ratio to the preset.
+
+    python benchmarks/bench_levers.py [--preset folder-fast] [--repeats 3] [--window 8] [--rounds 2]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import numpy as np  # noqa: E402
+
+from bench_roofline import load_preset  # noqa: E402
+from src.config import parse_params  # noqa: E402
+
+IMAGES_PER_CALL = 352  # the preset's 11 steps x 32
+
+
+def variants(raw: dict) -> dict[str, dict]:
+    """The in-process levers, as raw params derived from the preset's."""
+    out = {"preset": raw}
+    base_batch = raw["train"].get("batch_size", 32)
+    for batch in (64, 128):
+        v = copy.deepcopy(raw)
+        scale = (batch / base_batch) ** 0.5
+        v["train"]["batch_size"] = batch
+        for opt in ("g_optimizer", "d_optimizer"):
+            v["train"][opt]["learning_rate"] = raw["train"][opt]["learning_rate"] * scale
+        out[f"batch {batch}, lr x{scale:.2f}"] = v
+    v = copy.deepcopy(raw)
+    v["model"]["dcgan"]["g_filters"] = [f // 2 for f in raw["model"]["dcgan"]["g_filters"]]
+    v["model"]["dcgan"]["d_filters"] = [f // 2 for f in raw["model"]["dcgan"]["d_filters"]]
+    out["half the channels"] = v
+    if raw["train"].get("augment", {}).get("policy"):
+        v = copy.deepcopy(raw)
+        v["train"]["augment"]["policy"] = []
+        out["no augmentation"] = v
+    v = copy.deepcopy(raw)
+    v["train"]["jit_compile"] = True
+    out["XLA (jit_compile)"] = v
+    for v in out.values():
+        v["train"]["steps_per_call"] = max(1, IMAGES_PER_CALL // v["train"].get("batch_size", 32))
+    return out
+
+
+def _rates(gans: dict, real: dict, repeats: int, window: float) -> dict[str, list[float]]:
+    rates = {name: [] for name in gans}
+    for _ in range(repeats):
+        for name, (gan, k, b) in gans.items():
+            start, steps = time.perf_counter(), 0
+            while True:
+                gan.train_chunk(real[name], steps)
+                steps += k
+                if time.perf_counter() - start >= window:
+                    break
+            rates[name].append(steps * b / (time.perf_counter() - start))
+    return rates
+
+
+def _build(raw: dict):
+    import tensorflow as tf
+    from src.training_loop import build_gan
+
+    params = parse_params(raw)
+    b, k = params.train.batch_size, params.train.steps_per_call
+    s, c = params.data.image_size, params.data.channels
+    real = tf.constant(np.random.default_rng(0).uniform(0, 1, (k * b, s, s, c)).astype(np.float32))
+    gan = build_gan(params, tf.distribute.get_strategy())
+    gan.train_chunk(real, 0)  # trace
+    return gan, k, b, real
+
+
+def part_levers(args) -> dict:
+    from src import runtime
+
+    raw = load_preset(args.preset)
+    params = parse_params(raw)
+    runtime.set_cpu_threads(params.train.intra_op_threads, params.train.inter_op_threads)
+    runtime.configure(params.train, params.common.seed)
+    gans, real = {}, {}
+    for name, v in variants(raw).items():
+        gan, k, b, images = _build(v)
+        gans[name], real[name] = (gan, k, b), images
+    return _rates(gans, real, args.repeats, args.window)
+
+
+def part_threads(args) -> dict:
+    from src import runtime
+
+    raw = load_preset(args.preset)
+    raw["train"]["intra_op_threads"], raw["train"]["inter_op_threads"] = args.threads
+    raw["train"]["steps_per_call"] = IMAGES_PER_CALL // raw["train"].get("batch_size", 32)
+    params = parse_params(raw)
+    runtime.set_cpu_threads(*args.threads)
+    runtime.configure(params.train, params.common.seed)
+    gan, k, b, real = _build(raw)
+    return _rates({"x": (gan, k, b)}, {"x": real}, args.repeats, args.window)
+
+
+def _child(argv: list[str]) -> dict:
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv], stdout=subprocess.PIPE, text=True,
+                          cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"error: {' '.join(argv)} failed (status {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _row(name: str, values: list[float], base: float) -> str:
+    best = max(values)
+    return f"| {name} | {best:.1f} | {float(np.median(values)):.1f} | {best / base:.2f}x | {len(values)} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="folder-fast")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating windows per variant")
+    parser.add_argument("--window", type=float, default=8.0, help="seconds per window (at least one call)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the thread processes (0: skip)")
+    parser.add_argument("--thread-pairs", default="1x2,2x1,1x1,0x0",
+                        help="intra x inter thread pairs to compare (0: TensorFlow's default)")
+    parser.add_argument("--part", choices=["levers", "threads"], help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.repeats < 1 or args.window <= 0:
+        raise SystemExit("error: --repeats must be at least 1 and --window above 0")
+    if args.part == "levers":
+        print(json.dumps(part_levers(args)))
+        return
+    if args.part == "threads":
+        print(json.dumps(part_threads(args)))
+        return
+    common = ["--preset", args.preset, "--repeats", str(args.repeats), "--window", str(args.window)]
+    start = time.perf_counter()
+    levers = _child(["--part", "levers", *common])
+    base = max(levers["preset"])
+    print(f"# levers: preset {args.preset}, best of {args.repeats} alternating {args.window:g} s windows, "
+          f"~{IMAGES_PER_CALL} images per compiled call")
+    print("| variant | img/s best | img/s median | vs preset | windows |\n|---|---|---|---|---|")
+    for name, values in levers.items():
+        print(_row(name, values, base), flush=True)
+    pairs = [tuple(int(x) for x in p.split("x")) for p in args.thread_pairs.split(",")] if args.rounds else []
+    threads = {p: [] for p in pairs}
+    for _ in range(args.rounds):
+        for pair in pairs:
+            threads[pair] += _child(["--part", "threads", "--threads", *map(str, pair), *common])["x"]
+    if threads:
+        ref = max(threads[pairs[0]])
+        print(f"\n| threads intra x inter | img/s best | img/s median | vs {pairs[0][0]}x{pairs[0][1]} | windows |")
+        print("|---|---|---|---|---|")
+        for pair, values in threads.items():
+            print(_row(f"{pair[0]} x {pair[1]}", values, ref))
+    print(f"\n({time.perf_counter() - start:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()

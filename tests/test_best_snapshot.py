@@ -1,0 +1,131 @@
+"""The best snapshot is kept: evaluate exports the curve's best epoch, not the last one.
+
+A run whose last snapshot is deliberately worse: the 'real' folder is drawn by a generator W
+(random weights, output bias pushed to a strong colour), and the snapshots written with the
+training's own writer (src/snapshots.py) are epoch 10: W with its weights perturbed, epoch
+20: W itself, epoch 30 (the last, also exported as generator.keras): a fresh generator of
+another seed. The evaluate stage's SWD curve must rank epoch 20 best, write its weights as
+generator_best.keras, name it in metrics.json, and do it again byte for byte.
+"""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import tiny_raw
+from src import best_snapshot, snapshots
+from src import evaluate as ev
+from src import generate
+from src.atomic import load_arrays
+from src.config import parse_params
+from src.errors import UserError
+from src.keras_file import save_model
+from src.networks import build_generator, load_generator, variables_to_arrays
+from src.sampling import generate_images
+
+EVALUATE = {"num_samples": 100, "batch_size": 50, "kid_subsets": 4, "kid_subset_size": 40, "bootstrap": 10,
+            "swd_patches_per_image": 8, "swd_projections": 32, "curve_samples": 100, "inception_weights": "off"}
+
+
+def _params(folder):
+    return parse_params(tiny_raw(data={"folder": str(folder), "image_size": 16, "channels": 3},
+                                 evaluate=EVALUATE))
+
+
+def _generator(params, seed: int, colour=None, perturb: float = 0.0):
+    keras.utils.set_random_seed(seed)
+    model = build_generator(params.model, params.data)
+    if colour is not None:
+        model.layers[-2].bias.assign(np.asarray(colour, np.float32))  # the last Conv2DTranspose
+    if perturb:
+        rng = np.random.default_rng(seed)
+        model.set_weights([w + rng.normal(0, perturb * (np.std(w) + 1e-3), w.shape).astype(w.dtype)
+                           for w in model.get_weights()])
+    return model
+
+
+@pytest.fixture()
+def run(tmp_path, monkeypatch):
+    """outputs/ of a run whose last snapshot is worse than an earlier one; returns (outputs, params, good)."""
+    from src.metrics.randnet import build_random_net
+
+    params = _params(tmp_path)
+    good = _generator(params, 0, colour=[1.5, -1.5, 0.5])
+    real = generate_images(good, 200, params.model.latent_dim, seed=123, batch_size=100)
+    monkeypatch.setattr(ev, "_open_shards", lambda d: ({"range": [-1, 1]}, [real[:120], real[120:]]))
+
+    out = tmp_path / "outputs"
+    (out / "classifier").mkdir(parents=True)
+    save_model(build_random_net(0), out / "classifier" / "classifier.keras")
+    snapshots.save(out / "snapshots", 10, _generator(params, 0, colour=[1.5, -1.5, 0.5], perturb=1.0))
+    snapshots.save(out / "snapshots", 20, good)
+    last = _generator(params, 5)
+    snapshots.save(out / "snapshots", 30, last)
+    save_model(last, out / "generator.keras")
+    return out, params, good
+
+
+def test_evaluate_exports_the_best_epoch_not_the_last(run, tmp_path, monkeypatch):
+    out, params, good = run
+    metrics = ev.evaluate(params, outputs_dir=out, log=lambda m: None)
+
+    curve = dict(best_snapshot.parse_curve((out / "eval_curve.tsv").read_text())[1])
+    assert list(curve) == [10, 20, 30]
+    assert curve[20] < curve[10] and curve[20] < curve[30]  # the deliberately worse last snapshot
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["curve_metric"] == "swd"
+    assert saved["best_epoch"] == 20 and saved["best_curve_score"] == curve[20]
+    assert saved["final_epoch"] == 30 and saved["final_curve_score"] == curve[30]
+    assert metrics == saved
+
+    # the exported file holds epoch 20's weights, exactly
+    exported = variables_to_arrays(load_generator(params, out / "generator_best.keras"), "g")
+    snapshot = load_arrays(out / "snapshots" / "generator_epoch_0020.npz")
+    assert sorted(exported) == sorted(snapshot)
+    for key in snapshot:
+        np.testing.assert_array_equal(exported[key], snapshot[key], err_msg=key)
+
+    # same inputs, same bytes (another process would build its layers under other automatic names)
+    first = {name: (out / name).read_bytes() for name in ("generator_best.keras", "metrics.json", "eval_curve.tsv")}
+    keras.backend.clear_session()
+    build_generator(params.model, params.data)  # shift Keras's layer-name counters
+    ev.evaluate(params, outputs_dir=out, log=lambda m: None)
+    assert {name: (out / name).read_bytes() for name in first} == first
+
+    # generate --generator best draws with epoch 20's weights; 'final' with the last epoch's
+    monkeypatch.chdir(tmp_path)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(json.dumps(tiny_raw(data={"folder": str(tmp_path), "image_size": 16, "channels": 3})))
+    for choice, model in (("best", good), ("final", None)):
+        generate.run(["--params", str(params_file), "--generator", choice, "--n", "4", "--seed", "3",
+                      "--out", f"{choice}.npy"])
+        if model is not None:
+            want = generate_images(model, 4, params.model.latent_dim, 3, 4)
+            from src.sampling import to_uint8
+            np.testing.assert_array_equal(np.load(f"{choice}.npy"), to_uint8(want, params.data.value_range))
+    assert not np.array_equal(np.load("best.npy"), np.load("final.npy"))
+
+
+def test_without_write_nothing_is_exported(run):
+    out, params, _ = run
+    metrics = ev.evaluate(params, outputs_dir=out, write=False, log=lambda m: None)
+    assert metrics["best_epoch"] == 20 and not (out / "generator_best.keras").exists()
+
+
+def test_choice_ties_go_to_the_later_epoch_and_bad_curves_are_user_errors(tmp_path):
+    assert best_snapshot.choose([(1, 3.0), (2, 2.0), (3, 2.0)]) == (3, 2.0)
+    metric, rows = best_snapshot.parse_curve("epoch\tfid\n5\t9.5\n10\t7.25\n15\t8\n")
+    assert best_snapshot.summary(metric, rows) == {"curve_metric": "fid", "best_epoch": 10, "best_curve_score": 7.25,
+                                                   "final_epoch": 15, "final_curve_score": 8.0}
+    with pytest.raises(UserError, match="eval_curve.tsv: line 3"):
+        best_snapshot.parse_curve("epoch\tswd\n1\t2.0\n2\tnan\n")
+    with pytest.raises(UserError, match="eval_curve.tsv: expected a header"):
+        best_snapshot.parse_curve("")
+    params = _params(tmp_path)
+    with pytest.raises(UserError, match="no generator snapshots"):
+        best_snapshot.keep_best(params, "epoch\tswd\n", tmp_path / "snapshots", tmp_path / "best.keras")
+    with pytest.raises(UserError, match="snapshot of epoch 4 is gone"):
+        best_snapshot.keep_best(params, "epoch\tswd\n4\t1.0\n", tmp_path / "snapshots", tmp_path / "best.keras")
