@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_raw
+from conftest import REPO, tiny_raw
 from src import best_snapshot, snapshots
 from src import evaluate as ev
 from src import generate
@@ -25,6 +25,8 @@ from src.errors import UserError
 from src.keras_file import save_model
 from src.networks import build_generator, load_generator, variables_to_arrays
 from src.sampling import generate_images
+
+RULERS = REPO / "data" / "rulers"
 
 EVALUATE = {"num_samples": 100, "batch_size": 50, "kid_subsets": 4, "kid_subset_size": 40, "bootstrap": 10,
             "swd_patches_per_image": 8, "swd_projections": 32, "curve_samples": 100, "inception_weights": "off"}
@@ -50,16 +52,12 @@ def _generator(params, seed: int, colour=None, perturb: float = 0.0):
 @pytest.fixture()
 def run(tmp_path, monkeypatch):
     """outputs/ of a run whose last snapshot is worse than an earlier one; returns (outputs, params, good)."""
-    from src.metrics.randnet import build_random_net
-
     params = _params(tmp_path)
     good = _generator(params, 0, colour=[1.5, -1.5, 0.5])
     real = generate_images(good, 200, params.model.latent_dim, seed=123, batch_size=100)
     monkeypatch.setattr(ev, "_open_shards", lambda d: ({"range": [-1, 1]}, [real[:120], real[120:]]))
 
     out = tmp_path / "outputs"
-    (out / "classifier").mkdir(parents=True)
-    save_model(build_random_net(0), out / "classifier" / "classifier.keras")
     snapshots.save(out / "snapshots", 10, _generator(params, 0, colour=[1.5, -1.5, 0.5], perturb=1.0))
     snapshots.save(out / "snapshots", 20, good)
     last = _generator(params, 5)
@@ -70,7 +68,7 @@ def run(tmp_path, monkeypatch):
 
 def test_evaluate_exports_the_best_epoch_not_the_last(run, tmp_path, monkeypatch):
     out, params, good = run
-    metrics = ev.evaluate(params, outputs_dir=out, log=lambda m: None)
+    metrics = ev.evaluate(params, outputs_dir=out, log=lambda m: None, rulers=RULERS)
 
     curve = dict(best_snapshot.parse_curve((out / "eval_curve.tsv").read_text())[1])
     assert list(curve) == [10, 20, 30]
@@ -92,7 +90,7 @@ def test_evaluate_exports_the_best_epoch_not_the_last(run, tmp_path, monkeypatch
     first = {name: (out / name).read_bytes() for name in ("generator_best.keras", "metrics.json", "eval_curve.tsv")}
     keras.backend.clear_session()
     build_generator(params.model, params.data)  # shift Keras's layer-name counters
-    ev.evaluate(params, outputs_dir=out, log=lambda m: None)
+    ev.evaluate(params, outputs_dir=out, log=lambda m: None, rulers=RULERS)
     assert {name: (out / name).read_bytes() for name in first} == first
 
     # generate --generator best draws with epoch 20's weights; 'final' with the last epoch's
@@ -111,7 +109,7 @@ def test_evaluate_exports_the_best_epoch_not_the_last(run, tmp_path, monkeypatch
 
 def test_without_write_nothing_is_exported(run):
     out, params, _ = run
-    metrics = ev.evaluate(params, outputs_dir=out, write=False, log=lambda m: None)
+    metrics = ev.evaluate(params, outputs_dir=out, write=False, log=lambda m: None, rulers=RULERS)
     assert metrics["best_epoch"] == 20 and not (out / "generator_best.keras").exists()
 
 
