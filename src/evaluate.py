@@ -24,6 +24,7 @@ seeds are measured with the same ruler, and the same inputs give the same bytes.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from src.atomic import write_json, write_text
-from src import faults, train_log
+from src import faults
 from src.errors import UserError
 from src.metrics import classifier as cls
 from src.metrics import intervals
@@ -102,9 +103,13 @@ def _seed(ev, stream: int) -> int:
     return int(ev.seed) * 16 + 1000 + stream
 
 
-def read_train_log(folder: Path) -> dict:
-    """``d_acc_real``/``d_acc_fake`` of the last epoch from the train log's summary, {} if absent."""
-    summary = train_log.summary(folder)
+def read_train_log(summary_file: Path) -> dict:
+    """``d_acc_real``/``d_acc_fake`` of the last epoch from the train log's summary (DVCLive's
+    ``metrics.json``, read as plain JSON: nothing of the training code), {} if absent."""
+    try:
+        summary = json.loads(Path(summary_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {}
     out = {}
     for key in ("d_acc_real", "d_acc_fake"):
         if isinstance(summary, dict) and isinstance(summary.get(key), (int, float)):
@@ -345,7 +350,7 @@ def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Pat
         metrics, curve = _evaluate_mnist(params, outputs, log)
     else:
         metrics, curve = _evaluate_folder(params, outputs, Path(processed_dir), log)
-    metrics.update(read_train_log(outputs.train_log))
+    metrics.update(read_train_log(outputs.train_log_summary))
     metrics = {k: _rounded(v) for k, v in metrics.items()}
     if write:
         write_json(outputs.metrics, metrics)

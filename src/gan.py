@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from src import checkpoint
+from src import checkpoint, weights
 from src.augment import Augmenter
 from src.losses import GANLoss, gradient_penalty
 
@@ -200,8 +200,8 @@ class GAN:
 
     def state_variables(self) -> dict[str, Any]:
         """Every variable a checkpoint holds, keyed by its path (see :mod:`src.checkpoint`)."""
-        g = checkpoint.network_variables(self.generator, "generator")
-        d = checkpoint.network_variables(self.discriminator, "discriminator")
+        g = weights.network_variables(self.generator, "generator")
+        d = weights.network_variables(self.discriminator, "discriminator")
         g_key = {id(var): key for key, var in g.items()}
         g_trained = {g_key[id(var)]: var for var in self.generator.trainable_variables}
         d_key = {id(var): key for key, var in d.items()}
@@ -213,4 +213,4 @@ class GAN:
 
     def load_state(self, arrays: dict[str, np.ndarray], source: str) -> None:
         """Load a checkpoint's arrays; a UserError naming ``source`` if any key or shape differs."""
-        checkpoint.assign(self.state_variables(), arrays, source)
+        weights.assign(self.state_variables(), arrays, source)

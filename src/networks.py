@@ -25,7 +25,7 @@ import numpy as np
 from keras import layers, ops
 
 from src.atomic import load_arrays
-from src.checkpoint import assign, network_variables
+from src.weights import assign, network_variables
 from src.config import DataParams, ModelParams, Params
 from src.errors import UserError
 
@@ -177,7 +177,7 @@ def build_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
 # ---------------------------------------------------------------------------- weights
 def variables_to_arrays(model: keras.Model, prefix: str) -> dict[str, np.ndarray]:
     """Every variable of ``model`` (weights, BatchNorm statistics, dropout seed state), keyed
-    by its path as checkpoints key it (``g/dense/kernel``: see src/checkpoint.py)."""
+    by its path as checkpoints key it (``g/dense/kernel``: see src/weights.py)."""
     return {key: np.asarray(var.numpy()) for key, var in network_variables(model, prefix).items()}
 
 

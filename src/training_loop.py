@@ -48,7 +48,7 @@ from src.keras_file import save_model
 from src.losses import get_loss
 from src.networks import build_discriminator, build_generator
 from src.paths import TrainPaths
-from src.render import make_grid
+from src.pictures import make_grid
 from src.sampling import latents, to_uint8
 from src.train_log import TrainLog
 from src.train_log import summary as train_log_summary
