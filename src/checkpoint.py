@@ -31,11 +31,12 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from src.atomic import load_arrays, save_arrays
+from src.config import Params, to_dict
 from src.weights import add_key
 
 _NAME = re.compile(r"^ckpt_e(\d{6})_s(\d{9})\.npz$")
@@ -116,3 +117,54 @@ def optimizer_variables(optimizer, name: str, owners: Mapping[str, Any]) -> dict
             prefix, key = owner
             add_key(keyed, f"{name}/{var.name[len(prefix):]}/{key}", var)
     return keyed
+
+
+# ---------------------------------------------------------------------------- resume
+def fingerprint(params: Params, manifest: dict) -> dict:
+    """Everything that shapes the training trajectory; a change means a fresh start.
+
+    ``train.epochs`` is left out on purpose: raising it continues a finished run, which
+    gives the same weights as one run to the new count. How often checkpoints are kept
+    and the sample schedule do not change the weights either.
+    """
+    train = {k: v for k, v in to_dict(params.train).items()
+             if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout", "tensorboard")}
+    shards = [s["sha256"] for s in manifest["shards"]]
+    data = {k: v for k, v in to_dict(params.data).items() if k in ("image_size", "channels", "range")}
+    return {"common": to_dict(params.common), "data": data, "model": to_dict(params.model),
+            "train": train, "shards": shards}
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, name + ".")
+        elif a != b:
+            keys.append("data shards" if name == "shards" else name)
+    return keys
+
+
+def resume_point(folder: Path, made_with: dict, epochs: int,
+                 say: Callable[[str], None] = print) -> tuple[dict[str, np.ndarray], dict, Path] | None:
+    """The checkpoint a run with fingerprint ``made_with`` and ``epochs`` epochs resumes
+    from: the newest readable one in ``folder`` as ``(arrays, meta, path)``, or None for a
+    fresh start.
+
+    One made with another fingerprint (params or data that shape the weights) or past
+    ``epochs`` means a fresh start, and ``say`` tells which key changed.
+    """
+    found = load_latest(folder, max_epoch=epochs)
+    if found is None:
+        return None
+    arrays, meta, path = found
+    changed = _changed_keys(meta["fingerprint"], made_with)
+    if changed:
+        say(f"train: params changed since {path} ({', '.join(changed[:6])}); starting fresh")
+        return None
+    if meta["epoch"] == epochs and meta["step_in_epoch"]:
+        say(f"train: {path} is past train.epochs={epochs}; starting fresh")
+        return None
+    return found
