@@ -1,7 +1,7 @@
 """Mean and spread of the quality numbers over training seeds, from DVC experiments.
 
 Run a seed sweep first (each run is the whole default pipeline, measured with the shipped
-ruler of data/rulers), then print the table the README's "How big a difference is
+ruler of data/rulers), then print the table docs/experiments.md's "How big a difference is
 real" section shows:
 
     for s in 42 1 2; do dvc exp run -n seed-$s -S common.seed=$s; done

@@ -20,7 +20,8 @@ Each array is keyed by its variable's path, never by its position:
   ``<optimizer>/loss_scale/<name>`` for those of a loss-scale wrapper.
 
 So two variables of the same shape (Adam's momentum and velocity of one weight) can never
-load into each other's place. Loading (:func:`assign`) fails with one line naming the file
+load into each other's place. The network keys and loading (:func:`~src.weights.assign`)
+live in :mod:`src.weights`, which generator files share without this module; loading fails with one line naming the file
 and the first key that is missing or unexpected; a checkpoint of the earlier positional
 format (``g.000``, ``gopt.003``) is named as such.
 """
@@ -30,16 +31,15 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from src.atomic import load_arrays, save_arrays
-from src.errors import UserError
+from src.config import Params, to_dict
+from src.weights import add_key
 
 _NAME = re.compile(r"^ckpt_e(\d{6})_s(\d{9})\.npz$")
-_POSITIONAL = re.compile(r"^(g|d|ema|gopt|dopt)\.\d+$")  # the format before keys by path
-_COUNTER = re.compile(r"_\d+$")                          # the number Keras appends to a layer name
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -91,21 +91,6 @@ def load_latest(folder: Path, max_epoch: int | None = None) -> tuple[dict[str, n
 
 
 # ---------------------------------------------------------------------------- keys
-def network_variables(model, name: str) -> dict[str, Any]:
-    """``name/<layer>/<variable>`` -> variable, for every variable of the Keras ``model``."""
-    keyed, seen = {}, {}
-    for layer in model.layers:
-        base = _COUNTER.sub("", layer.name)
-        rank = seen.get(base, 0)
-        seen[base] = rank + 1
-        layer_key = base if rank == 0 else f"{base}_{rank}"
-        for var in layer.variables:
-            _add(keyed, f"{name}/{layer_key}/{var.name}", var)
-    if {id(v) for v in keyed.values()} != {id(v) for v in model.variables}:
-        raise RuntimeError(f"checkpoint keys: the layers of '{name}' do not hold exactly its variables")
-    return keyed
-
-
 def optimizer_variables(optimizer, name: str, owners: Mapping[str, Any]) -> dict[str, Any]:
     """``name/<slot>/<owner key>`` or ``name/<variable>`` -> variable, for every variable of
     ``optimizer``; ``owners`` (key -> variable) are the variables it was built to train.
@@ -120,50 +105,66 @@ def optimizer_variables(optimizer, name: str, owners: Mapping[str, Any]) -> dict
         inner_ids = {id(v) for v in inner.variables}
         for var in optimizer.variables:
             if id(var) not in inner_ids:
-                _add(keyed, f"{name}/loss_scale/{var.name}", var)
+                add_key(keyed, f"{name}/loss_scale/{var.name}", var)
         optimizer = inner
     prefixes = sorted(((var.path.replace("/", "_") + "_", key) for key, var in owners.items()),
                       key=lambda item: -len(item[0]))
     for var in optimizer.variables:
         owner = next(((prefix, key) for prefix, key in prefixes if var.name.startswith(prefix)), None)
         if owner is None:
-            _add(keyed, f"{name}/{var.name}", var)
+            add_key(keyed, f"{name}/{var.name}", var)
         else:
             prefix, key = owner
-            _add(keyed, f"{name}/{var.name[len(prefix):]}/{key}", var)
+            add_key(keyed, f"{name}/{var.name[len(prefix):]}/{key}", var)
     return keyed
 
 
-def _add(keyed: dict, key: str, var) -> None:
-    if key in keyed:
-        raise RuntimeError(f"checkpoint keys: two variables have the key '{key}'")
-    keyed[key] = var
+# ---------------------------------------------------------------------------- resume
+def fingerprint(params: Params, manifest: dict) -> dict:
+    """Everything that shapes the training trajectory; a change means a fresh start.
 
-
-def assign(variables: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source: str | Path,
-           what: str = "checkpoint") -> None:
-    """Assign ``arrays[key]`` to each ``variables[key]``, after checking every key and shape.
-
-    A UserError naming ``source`` (one line) on a checkpoint of the earlier positional
-    format, on the first key the model needs that the file lacks (in the model's order), on
-    the first key the file holds that the model lacks, and on a shape mismatch. Nothing is
-    assigned unless everything matches.
+    ``train.epochs`` is left out on purpose: raising it continues a finished run, which
+    gives the same weights as one run to the new count. How often checkpoints are kept
+    and the sample schedule do not change the weights either.
     """
-    source = Path(source)
-    if any(_POSITIONAL.match(key) for key in arrays):
-        raise UserError(f"{source}: this {what} predates arrays keyed by variable path (its arrays are "
-                        f"numbered by position, like 'g.000'); delete {source.parent} to start fresh")
-    for key in variables:
-        if key not in arrays:
-            raise UserError(f"{source}: {what} has no array '{key}', which the model built from params.yaml "
-                            "needs (was it made with other model params?)")
-    for key in arrays:
-        if key not in variables:
-            raise UserError(f"{source}: {what} holds array '{key}', which the model built from params.yaml "
-                            "does not have (was it made with other model params?)")
-    for key, var in variables.items():
-        if tuple(var.shape) != arrays[key].shape:
-            raise UserError(f"{source}: array '{key}' has shape {arrays[key].shape} but the model built from "
-                            f"params.yaml expects {tuple(var.shape)} (was it made with other model params?)")
-    for key, var in variables.items():
-        var.assign(arrays[key])
+    train = {k: v for k, v in to_dict(params.train).items()
+             if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout", "tensorboard")}
+    shards = [s["sha256"] for s in manifest["shards"]]
+    data = {k: v for k, v in to_dict(params.data).items() if k in ("image_size", "channels", "range")}
+    return {"common": to_dict(params.common), "data": data, "model": to_dict(params.model),
+            "train": train, "shards": shards}
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, name + ".")
+        elif a != b:
+            keys.append("data shards" if name == "shards" else name)
+    return keys
+
+
+def resume_point(folder: Path, made_with: dict, epochs: int,
+                 say: Callable[[str], None] = print) -> tuple[dict[str, np.ndarray], dict, Path] | None:
+    """The checkpoint a run with fingerprint ``made_with`` and ``epochs`` epochs resumes
+    from: the newest readable one in ``folder`` as ``(arrays, meta, path)``, or None for a
+    fresh start.
+
+    One made with another fingerprint (params or data that shape the weights) or past
+    ``epochs`` means a fresh start, and ``say`` tells which key changed.
+    """
+    found = load_latest(folder, max_epoch=epochs)
+    if found is None:
+        return None
+    arrays, meta, path = found
+    changed = _changed_keys(meta["fingerprint"], made_with)
+    if changed:
+        say(f"train: params changed since {path} ({', '.join(changed[:6])}); starting fresh")
+        return None
+    if meta["epoch"] == epochs and meta["step_in_epoch"]:
+        say(f"train: {path} is past train.epochs={epochs}; starting fresh")
+        return None
+    return found

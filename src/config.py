@@ -70,6 +70,16 @@ class CommonParams:
     seed: int = _spec(42, check=at_least(0))
 
 
+# The names of the registries: src/losses.py LOSSES, src/networks.py NETWORKS and src/augment.py
+# AUGMENT_OPS (tests/test_registries.py checks each list equals its registry's keys). This module
+# imports none of them: every stage checks all of params.yaml before TensorFlow loads, and importing
+# the implementations would make every stage (preprocess and classifier too) rerun when a loss,
+# a network or an augmentation op changes.
+LOSS_NAMES = ("nsgan", "hinge", "wgan-gp")
+ARCHS = ("dcgan", "mlp")
+AUGMENT_POLICIES = ("color", "translation", "cutout")
+
+
 @dataclass(frozen=True)
 class DataParams:
     source: str = _spec("mnist", choices=("mnist", "folder"))
@@ -114,7 +124,7 @@ class DCGANParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    arch: str = _spec("dcgan", choices=("dcgan", "mlp"))
+    arch: str = _spec("dcgan", choices=ARCHS)
     latent_dim: int = _spec(100, check=at_least(1))
     mlp: MLPParams = field(default_factory=MLPParams)
     dcgan: DCGANParams = field(default_factory=DCGANParams)
@@ -133,7 +143,6 @@ class EMAParams:
     decay: float = _spec(0.999, check=between(0.0, 1.0, open_high=True))
 
 
-AUGMENT_POLICIES = ("color", "translation", "cutout")  # the ops of src/augment.py
 
 
 def _policy_check(v: list) -> str | None:
@@ -155,7 +164,7 @@ class TrainParams:
     epochs: int = _spec(100, check=at_least(1))
     steps_per_epoch: int = _spec(0, check=at_least(0))
     batch_size: int = _spec(32, check=at_least(1))
-    loss: str = _spec("nsgan", choices=("nsgan", "hinge", "wgan-gp"))
+    loss: str = _spec("nsgan", choices=LOSS_NAMES)
     gp_weight: float = _spec(10.0, check=at_least(0.0))
     label_smoothing: float = _spec(0.0, check=between(0.0, 0.5))
     d_steps: int = _spec(1, check=at_least(1))

@@ -1,5 +1,9 @@
 """Evaluate the trained generator: one flat metrics dict with 95% intervals, plus an over-training curve.
 
+This module loads what is measured (:func:`_mnist_data`, :func:`_folder_data`) and runs
+every metric of :mod:`src.metrics.registry` registered for the data kind; the metrics
+themselves, and which one gives the curve, live in that registry.
+
 MNIST-like data (28x28x1): features and class probabilities come from the shipped digit
 CNN (``data/rulers/mnist_cnn.npz``, :mod:`src.metrics.ruler`: checked against its recorded
 sha256, run in NumPy float64, so every machine measures with the same ruler). ``num_samples`` generated images (final EMA generator) are compared
@@ -24,6 +28,7 @@ seeds are measured with the same ruler, and the same inputs give the same bytes.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,21 +36,15 @@ from typing import Callable
 import numpy as np
 
 from src.atomic import write_json, write_text
-from src import faults, train_log
+from src import faults
 from src.errors import UserError
 from src.metrics import classifier as cls
-from src.metrics import intervals
 from src.metrics import ruler
-from src.metrics import swd as swd_mod
-from src.metrics.frechet import feature_stats, frechet_distance
-from src.metrics.kid import kernel_inception_distance, kid_fold_values
+from src.metrics.registry import GEN, NOISE, SPLIT, EvalData, curve_metric, run_metrics, stream_seed
 from src.paths import OUTPUTS, PROCESSED, Outputs
 from src.snapshots import list_snapshots
 
 SIGNIFICANT = 6  # digits kept in metrics.json / eval_curve.tsv (stable bytes, no false precision)
-
-# Seeds derived from params.evaluate.seed, one per random stream.
-_GEN, _KID, _SWD, _NOISE, _SPLIT, _BOOT, _FOLDS = 0, 1, 2, 3, 4, 5, 6
 
 
 # ---------------------------------------------------------------- collaborators (lazy imports)
@@ -89,14 +88,13 @@ def _rounded(value):
     return value
 
 
-def _seed(ev, stream: int) -> int:
-    """The seed of one random stream of evaluate, from ``evaluate.seed`` alone."""
-    return int(ev.seed) * 16 + 1000 + stream
-
-
-def read_train_log(folder: Path) -> dict:
-    """``d_acc_real``/``d_acc_fake`` of the last epoch from the train log's summary, {} if absent."""
-    summary = train_log.summary(folder)
+def read_train_log(summary_file: Path) -> dict:
+    """``d_acc_real``/``d_acc_fake`` of the last epoch from the train log's summary (DVCLive's
+    ``metrics.json``, read as plain JSON: nothing of the training code), {} if absent."""
+    try:
+        summary = json.loads(Path(summary_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {}
     out = {}
     for key in ("d_acc_real", "d_acc_fake"):
         if isinstance(summary, dict) and isinstance(summary.get(key), (int, float)):
@@ -114,167 +112,44 @@ def _generate_unit(params, generator, n: int, seed: int) -> np.ndarray:
     return cls.to_unit_range(images, params.data.value_range)
 
 
-def _swd_keys(prefix: str, result: dict) -> dict:
-    out = {prefix: result["mean"]}
-    for size, value in result["levels"].items():
-        out[f"{prefix}_level_{size}"] = value
-    return out
-
-
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-# ---------------------------------------------------------------- shared pieces
-def _swd_with_intervals(ev, reference: np.ndarray, others: dict[str, np.ndarray]) -> dict:
-    """``swd<suffix>``, its per-level values and ``swd<suffix>_ci95`` for each of ``others``
-    (suffix -> images), against ``reference``: the full-sample SWD, and the interval from
-    the SWD of disjoint folds (same patch and projection seeds)."""
-    names = list(others)
-    full = swd_mod.swd(reference, [others[k] for k in names], ev.swd_patches_per_image, ev.swd_projections,
-                       _seed(ev, _SWD))
-    ref_folds = intervals.fold_indices(len(reference), _seed(ev, _FOLDS))
-    folds = {k: intervals.fold_indices(len(others[k]), _seed(ev, _FOLDS) + 1, len(ref_folds)) for k in names}
-    count = min([len(ref_folds)] + [len(f) for f in folds.values()])
-    per_fold = {k: [] for k in names}
-    for i in range(count):
-        sets = [others[k][np.sort(folds[k][i])] for k in names]
-        results = swd_mod.swd(reference[np.sort(ref_folds[i])], sets, ev.swd_patches_per_image, ev.swd_projections,
-                              _seed(ev, _SWD))
-        for k, res in zip(names, results):
-            per_fold[k].append(res["mean"])
-    m: dict = {}
-    for k, res in zip(names, full):
-        m.update(_swd_keys("swd" + k, res))
-        m[f"swd{k}_ci95"] = intervals.fold_interval(res["mean"], per_fold[k])
-    return m
+# ---------------------------------------------------------------- the data each kind is measured on
+def _require_generator(outputs: Outputs) -> Path:
+    if not outputs.generator.is_file():
+        raise UserError(f"{outputs.generator}: generator not found (run the train stage first)")
+    return outputs.generator
 
 
-def _distances(ev, ref_feats: np.ndarray, feats: dict[str, np.ndarray], fd_key: str, kd_key: str) -> dict:
-    """Frechet distance and KID (with spread and 95% intervals) of each feature set in ``feats``
-    (suffix -> features) against ``ref_feats``; keys ``fd_key + suffix`` and ``kd_key + suffix``."""
-    m: dict = {}
-    ref_stats = feature_stats(ref_feats)
-    names = list(feats)
-    for k in names:
-        m[fd_key + k] = frechet_distance(*feature_stats(feats[k]), *ref_stats)
-    cis = intervals.frechet_intervals(ref_feats, [feats[k] for k in names], [m[fd_key + k] for k in names],
-                                      ev.bootstrap, _seed(ev, _BOOT))
-    ref_folds = intervals.fold_indices(len(ref_feats), _seed(ev, _FOLDS))
-    for k, ci in zip(names, cis):
-        m[f"{fd_key}{k}_ci95"] = ci
-        kid, spread = kernel_inception_distance(feats[k], ref_feats, ev.kid_subsets, ev.kid_subset_size,
-                                                _seed(ev, _KID))
-        folds = intervals.fold_indices(len(feats[k]), _seed(ev, _FOLDS) + 1, len(ref_folds))
-        n = min(len(folds), len(ref_folds))
-        values = kid_fold_values(feats[k], ref_feats, folds[:n], ref_folds[:n])
-        m[kd_key + k], m[f"{kd_key}{k}_std"] = kid, spread
-        m[f"{kd_key}{k}_ci95"] = intervals.fold_interval(kid, values, lower=None)
-    return m
-
-
-# ---------------------------------------------------------------- MNIST-like data
-def _evaluate_mnist(params, outputs: Outputs, rulers: Path, log: Callable[[str], None]) -> tuple[dict, str]:
+def _mnist_data(params, outputs: Outputs, rulers: Path, log: Callable[[str], None]) -> tuple[EvalData, dict]:
+    """MNIST: generated images and the first ``num_samples`` training digits against a seeded
+    shuffle of the test digits; uniform noise for the ceiling; the shipped digit CNN."""
     ev = params.evaluate
     n = ev.num_samples
     net = ruler.digit_ruler(rulers)
-    gen_path = outputs.generator
-    if not gen_path.is_file():
-        raise UserError(f"{gen_path}: generator not found (run the train stage first)")
-
+    gen_path = _require_generator(outputs)
     test_x, _ = _load_mnist(params.data.mnist_dir, "test")
     train_x, _ = _load_mnist(params.data.mnist_dir, "train")
     # A seeded shuffle of the test set: its first 5,000 digits come from other writers than
     # the last 5,000 (cleaner), so a prefix would be a biased reference for n < 10,000.
-    test_x = test_x[np.random.default_rng(_seed(ev, _SPLIT)).permutation(len(test_x))]
+    test_x = test_x[np.random.default_rng(stream_seed(ev, SPLIT)).permutation(len(test_x))]
     ref = cls.to_unit_range(test_x[:n])
     real = cls.to_unit_range(train_x[:n])
     t0 = time.perf_counter()
-    generator = _load_generator(params, gen_path)
-    fake = _generate_unit(params, generator, n, _seed(ev, _GEN))
-    noise = np.random.default_rng(_seed(ev, _NOISE)).random(ref.shape[:1] + (28, 28, 1), dtype=np.float32)
+    fake = _generate_unit(params, _load_generator(params, gen_path), n, stream_seed(ev, GEN))
+    noise = np.random.default_rng(stream_seed(ev, NOISE)).random(ref.shape[:1] + (28, 28, 1), dtype=np.float32)
     log(f"evaluate: generated {n} images in {time.perf_counter() - t0:.1f}s")
-
-    t0 = time.perf_counter()
-    feats, probs = {}, {}
-    for name, images in (("ref", ref), ("fake", fake), ("real", real), ("noise", noise)):
-        feats[name], probs[name] = net.features_and_probs(images, ev.batch_size)
-    log(f"evaluate: classifier features in {time.perf_counter() - t0:.1f}s")
-
-    t0 = time.perf_counter()
-    m = _distances(ev, feats["ref"], {"": feats["fake"], "_real": feats["real"]}, "fid", "kid")
-    for name, suffix in (("fake", ""), ("real", "_real")):
-        score = cls.classifier_score(probs[name])
-        m["classifier_score" + suffix] = score
-        m[f"classifier_score{suffix}_ci95"] = intervals.bootstrap_interval(
-            probs[name], cls.classifier_score, score, ev.bootstrap, _seed(ev, _BOOT), lower=1.0)
-        covered, class_kl = cls.class_coverage(probs[name], ev.coverage_threshold)
-        m["coverage" + suffix], m["class_kl" + suffix] = covered, class_kl
-        m[f"class_kl{suffix}_ci95"] = intervals.bootstrap_interval(
-            probs[name], lambda p: cls.class_coverage(p, ev.coverage_threshold)[1], class_kl, ev.bootstrap,
-            _seed(ev, _BOOT), lower=0.0)
-    m["fid_noise"] = frechet_distance(*feature_stats(feats["noise"]), *feature_stats(feats["ref"]))
-    log(f"evaluate: FID/KID/score/coverage with intervals in {time.perf_counter() - t0:.1f}s")
-
-    t0 = time.perf_counter()
-    m.update(_swd_with_intervals(ev, ref, {"": fake, "_real": real}))
-    log(f"evaluate: SWD with intervals in {time.perf_counter() - t0:.1f}s")
-    m.update(num_samples=int(len(fake)), reference="mnist-test", feature_net="mnist-cnn")
-
-    # over training: FID with curve_samples images against the first curve_samples test images
-    nc = min(ev.curve_samples, len(ref))
-    curve_ref = feature_stats(feats["ref"][:nc])
-    rows = []
-    for epoch, path in list_snapshots(outputs.snapshots):
-        images = _generate_unit(params, _load_generator(params, path), nc, _seed(ev, _GEN))
-        f, _ = net.features_and_probs(images, ev.batch_size)
-        rows.append((epoch, frechet_distance(*feature_stats(f), *curve_ref)))
-        log(f"evaluate: epoch {epoch} fid {rows[-1][1]:.3f}")
-        faults.point("curve")
-    curve = "epoch\tfid\n" + "".join(f"{e}\t{_round(v)}\n" for e, v in rows)
-    return m, curve
+    data = EvalData(ev, "mnist", ref, {"": fake, "_real": real}, nets={"classifier": net}, extra={"noise": noise},
+                    log=log)
+    return data, {"num_samples": int(len(fake)), "reference": "mnist-test", "feature_net": "mnist-cnn"}
 
 
-# ---------------------------------------------------------------- folder data
-def folder_metrics(ev, reference: np.ndarray, fake: np.ndarray, real: np.ndarray | None = None,
-                   net=None, inception_net=None, log: Callable[[str], None] = _log) -> dict:
-    """The folder metrics of generated images ``fake`` (and a real floor ``real``) against ``reference``.
-
-    Images are float32 in [0, 1], (N, H, W, C). ``ev`` is an ``EvaluateParams`` (seed,
-    bootstrap, KID and SWD settings). ``net``: the random conv net (default: built from
-    ``ev.classifier.seed``); ``inception_net``: a Keras InceptionV3 or None to leave
-    ``*_keras_inception`` out. Returns a flat dict: ``fd_random``, ``kd_random``,
-    ``kd_random_std``, ``swd``, ``swd_level_<side>``, each with ``_ci95`` (and the same with
-    ``_real`` when ``real`` is given). Callable from Python, e.g. by a benchmark.
-    """
-    sets = {"": np.asarray(fake, np.float32)}
-    if real is not None:
-        sets["_real"] = np.asarray(real, np.float32)
-    reference = np.asarray(reference, np.float32)
-    t0 = time.perf_counter()
-    m = _swd_with_intervals(ev, reference, sets)
-    log(f"evaluate: SWD with intervals in {time.perf_counter() - t0:.1f}s")
-
-    t0 = time.perf_counter()
-    net = net if net is not None else ruler.random_ruler()
-    ref_f = net.features(reference)
-    feats = {k: net.features(v) for k, v in sets.items()}
-    m.update(_distances(ev, ref_f, feats, "fd_random", "kd_random"))
-    log(f"evaluate: random-conv FD/KD with intervals in {time.perf_counter() - t0:.1f}s")
-
-    if inception_net is not None:
-        from src.metrics import inception
-
-        t0 = time.perf_counter()
-        ref_f = inception.inception_features(inception_net, reference)
-        feats = {k: inception.inception_features(inception_net, v) for k, v in sets.items()}
-        m.update(_distances(ev, ref_f, feats, "fid_keras_inception", "kid_keras_inception"))
-        log(f"evaluate: Keras InceptionV3 FID/KID with intervals in {time.perf_counter() - t0:.1f}s")
-    return m
-
-
-def _evaluate_folder(params, outputs: Outputs, processed_dir: Path, rulers: Path,
-                     log: Callable[[str], None]) -> tuple[dict, str]:
+def _folder_data(params, outputs: Outputs, processed_dir: Path, rulers: Path,
+                 log: Callable[[str], None]) -> tuple[EvalData, dict]:
+    """Folder data: the processed images split (seeded) into halves A and B; generated images
+    and B against A; the shipped random conv net, and InceptionV3 when its weights are there."""
     from src.dataset import ShardReader
     from src.metrics import inception
 
@@ -285,37 +160,58 @@ def _evaluate_folder(params, outputs: Outputs, processed_dir: Path, rulers: Path
     if total < 8:
         raise UserError(f"{processed_dir}: only {total} images; evaluation needs at least 8")
     half = min(ev.num_samples, total // 2)
-    order = np.random.default_rng(_seed(ev, _SPLIT)).permutation(total)
+    order = np.random.default_rng(stream_seed(ev, SPLIT)).permutation(total)
     reader = ShardReader(shards)
     real_a = cls.to_unit_range(reader.gather(order[:half]), value_range)
     real_b = cls.to_unit_range(reader.gather(order[half:2 * half]), value_range)
     net = ruler.random_ruler(rulers)
-    gen_path = outputs.generator
-    if not gen_path.is_file():
-        raise UserError(f"{gen_path}: generator not found (run the train stage first)")
-    fake = _generate_unit(params, _load_generator(params, gen_path), half, _seed(ev, _GEN))
-
+    fake = _generate_unit(params, _load_generator(params, _require_generator(outputs)), half, stream_seed(ev, GEN))
     inception_net = inception.load_inception(ev.inception_weights)
-    m = folder_metrics(ev, real_a, fake, real_b, net=net, inception_net=inception_net, log=log)
+    data = _folder_eval_data(ev, real_a, fake, real_b, net, inception_net, log)
+    meta = {"feature_net": "random-conv" + ("+keras-inception-v3" if inception_net is not None else ""),
+            "num_samples": int(half), "reference": "folder-half-a"}
     if inception_net is None:
-        m["note"] = ("fid/kid_keras_inception left out: evaluate.inception_weights is off"
-                     if ev.inception_weights == "off" else
-                     "fid/kid_keras_inception left out: InceptionV3 ImageNet weights could not be downloaded; "
-                     "set evaluate.inception_weights to a local weights file")
-    m["feature_net"] = "random-conv" + ("+keras-inception-v3" if inception_net is not None else "")
-    m.update(num_samples=int(half), reference="folder-half-a")
+        meta["note"] = ("fid/kid_keras_inception left out: evaluate.inception_weights is off"
+                        if ev.inception_weights == "off" else
+                        "fid/kid_keras_inception left out: InceptionV3 ImageNet weights could not be downloaded; "
+                        "set evaluate.inception_weights to a local weights file")
+    return data, meta
 
-    nc = min(ev.curve_samples, half)
+
+def _folder_eval_data(ev, reference, fake, real, net, inception_net, log) -> EvalData:
+    sets = {"": np.asarray(fake, np.float32)}
+    if real is not None:
+        sets["_real"] = np.asarray(real, np.float32)
+    net = net if net is not None else ruler.random_ruler()
+    return EvalData(ev, "folder", np.asarray(reference, np.float32), sets,
+                    nets={"random": net, "inception": inception_net}, log=log)
+
+
+def folder_metrics(ev, reference: np.ndarray, fake: np.ndarray, real: np.ndarray | None = None,
+                   net=None, inception_net=None, log: Callable[[str], None] = _log) -> dict:
+    """The folder metrics of generated images ``fake`` (and a real floor ``real``) against ``reference``.
+
+    Images are float32 in [0, 1], (N, H, W, C). ``ev`` is an ``EvaluateParams`` (seed,
+    bootstrap, KID and SWD settings). ``net``: the random conv ruler (default: the shipped
+    one, :func:`src.metrics.ruler.random_ruler`); ``inception_net``: a Keras InceptionV3 or None to leave
+    ``*_keras_inception`` out. Returns a flat dict: ``fd_random``, ``kd_random``,
+    ``kd_random_std``, ``swd``, ``swd_level_<side>``, each with ``_ci95`` (and the same with
+    ``_real`` when ``real`` is given). Callable from Python, e.g. by a benchmark.
+    """
+    return run_metrics(_folder_eval_data(ev, reference, fake, real, net, inception_net, log))
+
+
+def _curve(params, data: EvalData, snapshots: Path, log: Callable[[str], None]) -> str:
+    """Over training: the data kind's curve metric for every snapshot, with ``curve_samples`` images."""
+    metric = curve_metric(data.kind)
+    n = min(params.evaluate.curve_samples, len(data.reference))
     rows = []
-    for epoch, path in list_snapshots(outputs.snapshots):
-        images = _generate_unit(params, _load_generator(params, path), nc, _seed(ev, _GEN))
-        (res,) = swd_mod.swd(real_a[:nc], [images], ev.swd_patches_per_image, ev.swd_projections,
-                             _seed(ev, _SWD))
-        rows.append((epoch, res["mean"]))
-        log(f"evaluate: epoch {epoch} swd {rows[-1][1]:.3f}")
+    for epoch, path in list_snapshots(snapshots):
+        images = _generate_unit(params, _load_generator(params, path), n, stream_seed(params.evaluate, GEN))
+        rows.append((epoch, metric.curve(data, images)))
+        log(f"evaluate: epoch {epoch} {metric.curve_column} {rows[-1][1]:.3f}")
         faults.point("curve")
-    curve = "epoch\tswd\n" + "".join(f"{e}\t{_round(v)}\n" for e, v in rows)
-    return m, curve
+    return f"epoch\t{metric.curve_column}\n" + "".join(f"{e}\t{_round(v)}\n" for e, v in rows)
 
 
 # ---------------------------------------------------------------- entry point
@@ -334,10 +230,12 @@ def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Pat
     outputs = Outputs(Path(outputs_dir))
     mnist_like = params.data.image_size == 28 and params.data.channels == 1 and params.data.source == "mnist"
     if mnist_like:
-        metrics, curve = _evaluate_mnist(params, outputs, Path(rulers), log)
+        data, meta = _mnist_data(params, outputs, Path(rulers), log)
     else:
-        metrics, curve = _evaluate_folder(params, outputs, Path(processed_dir), Path(rulers), log)
-    metrics.update(read_train_log(outputs.train_log))
+        data, meta = _folder_data(params, outputs, Path(processed_dir), Path(rulers), log)
+    metrics = {**run_metrics(data), **meta}
+    curve = _curve(params, data, outputs.snapshots, log)
+    metrics.update(read_train_log(outputs.train_log_summary))
     metrics.update(_keep_best(params, outputs, curve, write))
     metrics = {k: _rounded(v) for k, v in metrics.items()}
     if write:

@@ -5,50 +5,63 @@ receives its networks, its optimizers and the few numbers its step needs, never 
 params (:func:`src.training_loop.build_gan` makes them from params). So a test can run one
 step on two small Keras models of its own.
 
-One compiled call (:meth:`GAN.train_chunk`) runs ``steps_per_call`` steps on every replica
-and returns summed losses and accuracies, and the first step whose loss is not finite.
-Every random draw inside a step (latent noise, augmentation, gradient-penalty mixing) is
-stateless, from ``(seed, step, purpose, replica)``, so a resumed run draws what an
-uninterrupted one would.
+:meth:`GAN.train_step` is the maths of one step and returns named results (the train
+log's columns, :data:`STEP_RESULTS`). :meth:`GAN.train_chunk` runs ``steps_per_call`` of
+them on every replica inside one compiled call (:meth:`GAN._replica_chunk`) and returns
+their sums by name, and the first step whose loss is not finite. Every random draw inside
+a step is stateless, from ``(seed, step, purpose, replica)`` (:class:`Draw` names the
+purposes), so a resumed run draws what an uninterrupted one would.
 """
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from src import checkpoint
+from src import checkpoint, weights
 from src.augment import Augmenter
-from src.losses import GANLoss, gradient_penalty
+from src.losses import GANLoss, LossInputs
 from src.quiet import filtered_stderr
+
+# The named results of a step, in the train log's column order.
+STEP_RESULTS = ("d_loss", "g_loss", "d_acc_real", "d_acc_fake")
+
+
+class Draw(enum.IntEnum):
+    """The purposes of a step's random draws: each gets its own stream (the numbers are
+    part of the checkpoint format: changing one changes every draw after a resume)."""
+    LATENTS = 1        # the generator's input noise
+    LOSS = 2           # the loss's own draws (the gradient penalty's mixing weights)
+    AUGMENT_REAL = 3   # the augmentation of the real images
+    AUGMENT_FAKE = 4   # the augmentation of the generated images
 
 
 class GAN:
     """Generator, discriminator, EMA weights and both optimizers, with a compiled step.
 
     ``batch_size`` is the global batch (over all replicas); ``d_steps`` > 1 updates the
-    generator only every ``d_steps``-th step; ``gp_weight`` scales the gradient penalty of a
-    loss that uses one; ``ema_decay`` None switches the weight average off (the exported
-    generator then has the trained weights). ``ema_generator`` is a second copy of the
-    generator's architecture that receives the averaged weights for export. ``augmenter``
-    (or None) augments what the discriminator sees with probability ``augment_p``, which
-    the loop may change between calls (:attr:`augment_p` is a variable the step reads).
-    Networks and optimizers must have been made under ``strategy``'s scope.
+    generator only every ``d_steps``-th step; ``ema_decay`` None switches the weight
+    average off (the exported generator then has the trained weights). ``ema_generator`` is
+    a second copy of the generator's architecture that receives the averaged weights for
+    export. ``augmenter`` (or None) augments what the discriminator sees with probability
+    ``augment_p``, which the loop may change between calls (:attr:`augment_p` is a variable
+    the step reads). Networks and optimizers must have been made under ``strategy``'s scope.
     """
 
     def __init__(self, discriminator: keras.Model, generator: keras.Model, latent_dim: int, *,
                  d_optimizer: keras.optimizers.Optimizer, g_optimizer: keras.optimizers.Optimizer,
                  loss: GANLoss, batch_size: int, seed: int, ema_generator: keras.Model,
-                 ema_decay: float | None = None, d_steps: int = 1, gp_weight: float = 0.0,
+                 ema_decay: float | None = None, d_steps: int = 1,
                  augmenter: Augmenter | None = None, augment_p: float = 0.0, jit_compile: bool = False,
                  strategy: tf.distribute.Strategy | None = None):
         self.discriminator, self.generator, self.ema_generator = discriminator, generator, ema_generator
         self.latent_dim = latent_dim
         self.d_opt, self.g_opt = d_optimizer, g_optimizer
         self.loss = loss
-        self.batch_size, self.seed, self.d_steps, self.gp_weight = batch_size, seed, d_steps, gp_weight
+        self.batch_size, self.seed, self.d_steps = batch_size, seed, d_steps
         self.ema_decay = ema_decay
         self.augmenter = augmenter
         self.jit_compile = jit_compile
@@ -66,63 +79,59 @@ class GAN:
         self._chunk_fn = None
         self._traced: set = set()  # static step counts the compiled chunk has been traced for
 
-    # -- one step (replica context) -------------------------------------------------------
-    def _noise(self, step, purpose: int, batch):
+    # -- random draws (replica context) -------------------------------------------------------
+    def draw_seed(self, step, purpose: Draw) -> tf.Tensor:
+        """The stateless seed (shape [2]) of ``purpose``'s draws at ``step`` on this replica."""
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
-        seed = tf.random.experimental.stateless_fold_in(seed, purpose * 4096 + tf.cast(replica, tf.int64))
-        return seed if batch is None else tf.random.stateless_normal([batch, self.latent_dim], seed=seed)
+        return tf.random.experimental.stateless_fold_in(seed, int(purpose) * 4096 + tf.cast(replica, tf.int64))
 
-    def _augment(self, images, step, purpose: int):
-        """What D sees: ``images`` augmented with draws from (seed, step, purpose, replica)."""
+    def latents(self, step, batch) -> tf.Tensor:
+        """The generator's input noise at ``step``: (batch, latent_dim), standard normal."""
+        return tf.random.stateless_normal([batch, self.latent_dim], seed=self.draw_seed(step, Draw.LATENTS))
+
+    def augment(self, images, step, purpose: Draw):
+        """What D sees: ``images`` augmented with the draws of ``purpose`` at ``step``."""
         if self.augmenter is None:
             return images
-        return self.augmenter(images, self.augment_p, self._noise(step, purpose, None))
+        return self.augmenter(images, self.augment_p, self.draw_seed(step, purpose))
 
-    def _d_loss(self, real, fake, real_logits, fake_logits, step):
-        loss = self.loss.d_loss(real_logits, fake_logits)
-        if self.loss.uses_gradient_penalty:
-            loss += self.gp_weight * gradient_penalty(self.discriminator, real, fake, self._noise(step, 2, None))
-        return loss
+    # -- one step (replica context) -------------------------------------------------------
+    def train_step(self, real, step, labels=None, update_generator: bool = True) -> dict[str, tf.Tensor]:
+        """One step on one real batch; returns :data:`STEP_RESULTS` by name.
 
-    def d_step(self, real, step):
-        """Update the discriminator only."""
-        z = self._noise(step, 1, tf.shape(real)[0])
-        real = self._augment(real, step, 3)
-        fake = self._augment(self.generator(z, training=True), step, 4)
-        with tf.GradientTape() as tape:
-            real_logits = self.discriminator(real, training=True)
-            fake_logits = self.discriminator(fake, training=True)
-            d_loss = self._d_loss(real, fake, real_logits, fake_logits, step)
-            scaled = self.d_opt.scale_loss(d_loss / self.replicas)
-        d_vars = self.discriminator.trainable_variables
-        self.d_opt.apply_gradients(zip(tape.gradient(scaled, d_vars), d_vars))
-        return d_loss, tf.constant(0.0), real_logits, fake_logits
-
-    def joint_step(self, real, step):
-        """Update both networks from one forward pass (the original two-tape step).
-
-        Each tape differentiates only its own network's variables, so the discriminator's
-        update never touches the generator and the other way round.
+        Both networks are updated from one forward pass (the original two-tape step): each
+        tape differentiates only its own network's variables, so the discriminator's update
+        never touches the generator and the other way round. ``update_generator`` False
+        updates the discriminator alone (``g_loss`` is then 0). ``labels`` (None:
+        unconditional) reach the loss.
         """
-        z = self._noise(step, 1, tf.shape(real)[0])
-        real = self._augment(real, step, 3)
+        z = self.latents(step, tf.shape(real)[0])
+        real = self.augment(real, step, Draw.AUGMENT_REAL)
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
-            fake = self._augment(self.generator(z, training=True), step, 4)  # G's gradient flows through
-            real_logits = self.discriminator(real, training=True)
-            fake_logits = self.discriminator(fake, training=True)
-            d_loss = self._d_loss(real, fake, real_logits, fake_logits, step)
-            g_loss = self.loss.g_loss(fake_logits)
+            fake = self.augment(self.generator(z, training=True), step, Draw.AUGMENT_FAKE)  # G's gradient flows through
+            seen = LossInputs(self.discriminator, real, fake, self.discriminator(real, training=True),
+                              self.discriminator(fake, training=True), self.draw_seed(step, Draw.LOSS), labels)
+            d_loss = self.loss.d_loss(seen)
+            g_loss = self.loss.g_loss(seen) if update_generator else tf.constant(0.0)
             d_scaled = self.d_opt.scale_loss(d_loss / self.replicas)
-            g_scaled = self.g_opt.scale_loss(g_loss / self.replicas)
-        d_vars = self.discriminator.trainable_variables
-        g_vars = self.generator.trainable_variables
+            g_scaled = self.g_opt.scale_loss(g_loss / self.replicas) if update_generator else None
+        d_vars, g_vars = self.discriminator.trainable_variables, self.generator.trainable_variables
         d_grads = d_tape.gradient(d_scaled, d_vars)
-        g_grads = g_tape.gradient(g_scaled, g_vars)
+        g_grads = g_tape.gradient(g_scaled, g_vars) if update_generator else None
         self.d_opt.apply_gradients(zip(d_grads, d_vars))
-        self.g_opt.apply_gradients(zip(g_grads, g_vars))
-        self._update_ema(step)
-        return d_loss, g_loss, real_logits, fake_logits
+        if update_generator:
+            self.g_opt.apply_gradients(zip(g_grads, g_vars))
+            self._update_ema(step)
+        return {"d_loss": d_loss, "g_loss": g_loss,
+                "d_acc_real": tf.reduce_mean(tf.cast(seen.real_logits > 0, tf.float32)),
+                "d_acc_fake": tf.reduce_mean(tf.cast(seen.fake_logits < 0, tf.float32))}
+
+    def d_step(self, real, step, labels=None) -> dict[str, tf.Tensor]:
+        """Update the discriminator only."""
+        return self.train_step(real, step, labels, update_generator=False)
+
+    joint_step = train_step  # the name of the original two-tape step
 
     def _update_ema(self, step):
         if self.ema_decay is None:
@@ -133,19 +142,21 @@ class GAN:
         for avg, var in zip(self.ema, self.generator.trainable_variables):
             avg.assign(decay * avg + (1.0 - decay) * tf.cast(var.value, avg.dtype))
 
+    # -- one compiled call ------------------------------------------------------------------
     def _one_step(self, real, step, g_step=None):
-        """One step on one real batch: a joint update, or a discriminator-only one when
-        ``d_steps`` > 1 and this is not the d_steps-th step. ``g_step`` is given (a Python
-        bool) when the loop is unrolled, so no sync point sits inside a tf.cond."""
+        """A joint step, or a discriminator-only one when ``d_steps`` > 1 and this is not the
+        d_steps-th step. ``g_step`` is given (a Python bool) when the loop is unrolled, so no
+        sync point sits inside a tf.cond."""
         if self.d_steps == 1 or g_step is True:
-            return self.joint_step(real, step)
+            return self.train_step(real, step)
         if g_step is False:
             return self.d_step(real, step)
         return tf.cond((step + 1) % self.d_steps == 0,
-                       lambda: self.joint_step(real, step), lambda: self.d_step(real, step))
+                       lambda: self.train_step(real, step), lambda: self.d_step(real, step))
 
     def _replica_chunk(self, images, start_step, static_steps):
-        """Run the steps of one chunk over ``images`` of shape (k * b, H, W, C); return sums.
+        """Run the steps of one chunk over ``images`` of shape (k * b, H, W, C); return the
+        sums of :data:`STEP_RESULTS` (a vector in that order) and the first non-finite step.
 
         With one replica the steps run in a ``tf.range`` loop (one small graph, any k).
         With several, gradient all-reduces may not sit inside graph control flow, so the
@@ -154,7 +165,7 @@ class GAN:
         b = self.batch_size // self.replicas
         images = tf.reshape(images, tf.concat([[-1, b], tf.shape(images)[1:]], axis=0))
         dtype = self.discriminator.compute_dtype
-        sums = tf.zeros([4], tf.float32)
+        sums = tf.zeros([len(STEP_RESULTS)], tf.float32)
         first_bad = tf.constant(-1, tf.int64)
         if static_steps is None:
             indices, g_steps = tf.range(tf.shape(images, out_type=tf.int64)[0]), None
@@ -163,21 +174,18 @@ class GAN:
             g_steps = [(i + 1) % self.d_steps == 0 for i in indices]
         for i in indices:
             step = start_step + i
-            g_step = None if g_steps is None else g_steps[i]
-            d_loss, g_loss, real_logits, fake_logits = self._one_step(tf.cast(images[i], dtype), step, g_step)
-            values = tf.stack([tf.cast(d_loss, tf.float32), tf.cast(g_loss, tf.float32),
-                               tf.reduce_mean(tf.cast(real_logits > 0, tf.float32)),
-                               tf.reduce_mean(tf.cast(fake_logits < 0, tf.float32))])
-            finite = tf.reduce_all(tf.math.is_finite(values[:2]))
+            results = self._one_step(tf.cast(images[i], dtype), step, None if g_steps is None else g_steps[i])
+            values = tf.stack([tf.cast(results[name], tf.float32) for name in STEP_RESULTS])
+            finite = tf.reduce_all(tf.math.is_finite(values[:2]))  # the two losses
             first_bad = tf.where((first_bad < 0) & ~finite, step, first_bad)
             sums += values
         return sums, first_bad
 
-    def train_chunk(self, dist_images, start_step: int, steps: int | None = None):
+    def train_chunk(self, dist_images, start_step: int, steps: int | None = None) -> tuple[dict[str, float], int]:
         """Run one chunk of ``steps`` steps on every replica.
 
-        Returns the mean over replicas of the summed (d_loss, g_loss, d_acc_real,
-        d_acc_fake), and the first step with a non-finite loss (-1 if none).
+        Returns the sums over the chunk of :data:`STEP_RESULTS` by name (mean over
+        replicas), and the first step with a non-finite loss (-1 if none).
         """
         if self._chunk_fn is None:
             def chunk(images, start, static_steps):
@@ -193,7 +201,7 @@ class GAN:
             with filtered_stderr():
                 sums, bad = self._chunk_fn(*args)
             self._traced.add(static_steps)
-        return sums.numpy(), int(bad.numpy())
+        return dict(zip(STEP_RESULTS, sums.numpy())), int(bad.numpy())
 
     # -- state ------------------------------------------------------------------------------
     def sync_ema_model(self) -> keras.Model:
@@ -208,8 +216,8 @@ class GAN:
 
     def state_variables(self) -> dict[str, Any]:
         """Every variable a checkpoint holds, keyed by its path (see :mod:`src.checkpoint`)."""
-        g = checkpoint.network_variables(self.generator, "generator")
-        d = checkpoint.network_variables(self.discriminator, "discriminator")
+        g = weights.network_variables(self.generator, "generator")
+        d = weights.network_variables(self.discriminator, "discriminator")
         g_key = {id(var): key for key, var in g.items()}
         g_trained = {g_key[id(var)]: var for var in self.generator.trainable_variables}
         d_key = {id(var): key for key, var in d.items()}
@@ -221,4 +229,4 @@ class GAN:
 
     def load_state(self, arrays: dict[str, np.ndarray], source: str) -> None:
         """Load a checkpoint's arrays; a UserError naming ``source`` if any key or shape differs."""
-        checkpoint.assign(self.state_variables(), arrays, source)
+        weights.assign(self.state_variables(), arrays, source)

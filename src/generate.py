@@ -112,7 +112,7 @@ def write_npy(batches, path: Path, n: int, shape: tuple[int, int, int], value_ra
 
 def write_png_folder(batches, folder: Path, n: int, shape: tuple[int, int, int], value_range,
                      quiet: bool = False) -> None:
-    from src.render import encode_png
+    from src.pictures import encode_png
     from src.sampling import to_uint8
 
     folder = Path(folder)
@@ -193,7 +193,7 @@ def run(argv: list[str] | None = None) -> str:
     start = time.perf_counter()
 
     if args.interpolate is not None:
-        from src.render import encode_png, make_grid
+        from src.pictures import encode_png, make_grid
         from src.sampling import to_uint8
 
         z = interpolation_latents(args.rows, args.interpolate, params.model.latent_dim, seed, args.truncation)

@@ -1,56 +1,107 @@
-"""GAN losses on discriminator logits.
+"""GAN losses, one registry entry each: ``train.loss`` names one of :data:`LOSSES`.
 
-Each loss is a pair of functions: ``d_loss(real_logits, fake_logits)`` and
-``g_loss(fake_logits)``, averaged over the local batch. ``nsgan`` is the original
-scripts' binary cross-entropy with the non-saturating generator loss, computed from
-logits (``softplus``) so that it never takes the log of 0.
+A loss is a pair of functions of one :class:`LossInputs`: ``d_loss(x)`` for the
+discriminator and ``g_loss(x)`` for the generator, each a scalar averaged over the local
+batch. The inputs carry everything a loss may need, so a loss that looks at more than
+the logits (a gradient penalty, R1, a consistency term) lives here entirely: the
+discriminator itself, the real and generated images it saw, their logits, a stateless
+seed for the loss's own random draws, and the class labels (None: unconditional).
+
+To add a loss, write a builder that returns a :class:`GANLoss` and decorate it with
+``@register_loss("name")``; ``config.LOSS_NAMES`` lists the names ``params.yaml`` accepts
+(``tests/test_registries.py`` checks the two agree). ``nsgan`` is the original scripts'
+binary cross-entropy with the non-saturating generator loss, computed from logits
+(``softplus``) so that it never takes the log of 0.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
 
 import tensorflow as tf
 
 
+@dataclass(frozen=True)
+class LossInputs:
+    """What one step hands a loss (tensors of the local batch, on one replica)."""
+    discriminator: Any          # the Keras discriminator: called as discriminator(images, training=True)
+    real: tf.Tensor             # the real images D saw (augmented when augmentation is on)
+    fake: tf.Tensor             # the generated images D saw
+    real_logits: tf.Tensor
+    fake_logits: tf.Tensor
+    seed: tf.Tensor             # a stateless seed, shape [2], for the loss's own draws
+    labels: tf.Tensor | None = None  # class labels of the batch (None: unconditional)
+
+
 class GANLoss(NamedTuple):
-    d_loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-    g_loss: Callable[[tf.Tensor], tf.Tensor]
-    uses_gradient_penalty: bool
+    d_loss: Callable[[LossInputs], tf.Tensor]
+    g_loss: Callable[[LossInputs], tf.Tensor]
 
 
-def nsgan(label_smoothing: float = 0.0) -> GANLoss:
+@dataclass(frozen=True)
+class LossOptions:
+    """The loss settings of ``train``: each builder reads the ones it uses."""
+    label_smoothing: float = 0.0
+    gp_weight: float = 10.0
+
+
+LOSSES: dict[str, Callable[[LossOptions], GANLoss]] = {}
+
+
+def register_loss(name: str):
+    """Decorator: add a builder ``(LossOptions) -> GANLoss`` to :data:`LOSSES` as ``name``."""
+    def add(builder):
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} registered twice")
+        LOSSES[name] = builder
+        return builder
+    return add
+
+
+def get_loss(name: str, options: LossOptions = LossOptions()) -> GANLoss:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}")  # params validation rules this out
+    return LOSSES[name](options)
+
+
+@register_loss("nsgan")
+def nsgan(options: LossOptions) -> GANLoss:
     """Binary cross-entropy; real labels are ``1 - label_smoothing`` (one-sided smoothing)."""
-    real_label = 1.0 - label_smoothing
+    real_label = 1.0 - options.label_smoothing
 
-    def d_loss(real, fake):
-        real_term = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(real), real_label), logits=real)
-        return tf.reduce_mean(real_term) + tf.reduce_mean(tf.nn.softplus(fake))
+    def d_loss(x: LossInputs):
+        real_term = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(x.real_logits), real_label),
+                                                            logits=x.real_logits)
+        return tf.reduce_mean(real_term) + tf.reduce_mean(tf.nn.softplus(x.fake_logits))
 
-    def g_loss(fake):
-        return tf.reduce_mean(tf.nn.softplus(-fake))
+    def g_loss(x: LossInputs):
+        return tf.reduce_mean(tf.nn.softplus(-x.fake_logits))
 
-    return GANLoss(d_loss, g_loss, False)
-
-
-def hinge() -> GANLoss:
-    def d_loss(real, fake):
-        return tf.reduce_mean(tf.nn.relu(1.0 - real)) + tf.reduce_mean(tf.nn.relu(1.0 + fake))
-
-    def g_loss(fake):
-        return -tf.reduce_mean(fake)
-
-    return GANLoss(d_loss, g_loss, False)
+    return GANLoss(d_loss, g_loss)
 
 
-def wasserstein() -> GANLoss:
-    """The WGAN critic loss; the gradient penalty is added by the train step."""
-    def d_loss(real, fake):
-        return tf.reduce_mean(fake) - tf.reduce_mean(real)
+@register_loss("hinge")
+def hinge(options: LossOptions) -> GANLoss:
+    def d_loss(x: LossInputs):
+        return tf.reduce_mean(tf.nn.relu(1.0 - x.real_logits)) + tf.reduce_mean(tf.nn.relu(1.0 + x.fake_logits))
 
-    def g_loss(fake):
-        return -tf.reduce_mean(fake)
+    def g_loss(x: LossInputs):
+        return -tf.reduce_mean(x.fake_logits)
 
-    return GANLoss(d_loss, g_loss, True)
+    return GANLoss(d_loss, g_loss)
+
+
+@register_loss("wgan-gp")
+def wgan_gp(options: LossOptions) -> GANLoss:
+    """The WGAN critic loss plus ``gp_weight`` times the gradient penalty."""
+    def d_loss(x: LossInputs):
+        critic = tf.reduce_mean(x.fake_logits) - tf.reduce_mean(x.real_logits)
+        return critic + options.gp_weight * gradient_penalty(x.discriminator, x.real, x.fake, x.seed)
+
+    def g_loss(x: LossInputs):
+        return -tf.reduce_mean(x.fake_logits)
+
+    return GANLoss(d_loss, g_loss)
 
 
 def gradient_penalty(discriminator, real: tf.Tensor, fake: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -67,13 +118,3 @@ def gradient_penalty(discriminator, real: tf.Tensor, fake: tf.Tensor, seed: tf.T
     grads = tf.cast(tape.gradient(logits, mixed), tf.float32)
     norms = tf.sqrt(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]) + 1e-12)
     return tf.reduce_mean(tf.square(norms - 1.0))
-
-
-def get_loss(name: str, label_smoothing: float = 0.0) -> GANLoss:
-    if name == "nsgan":
-        return nsgan(label_smoothing)
-    if name == "hinge":
-        return hinge()
-    if name == "wgan-gp":
-        return wasserstein()
-    raise ValueError(f"unknown loss {name!r}")  # params validation rules this out

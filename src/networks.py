@@ -12,6 +12,8 @@ Both families follow the original scripts, with their sizes taken from ``params.
   Miyato et al. 2018) and ``minibatch_std`` (the spread of D's features over the batch
   as one more feature map, Karras et al. 2018: a collapsed generator is easy to spot).
 
+:data:`NETWORKS` registers the families by the name ``model.arch`` gives: a new family is
+two builders and one entry there (and its section of settings in ``model``).
 Discriminators return logits (the losses apply the sigmoid in a numerically stable way).
 The generator's last activation follows the data range: tanh for [-1, 1], sigmoid for
 [0, 1]. Final layers run in float32 so that mixed precision keeps outputs and logits exact.
@@ -19,13 +21,14 @@ The generator's last activation follows the data range: tanh for [-1, 1], sigmoi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import keras
 import numpy as np
 from keras import layers, ops
 
 from src.atomic import load_arrays
-from src.checkpoint import assign, network_variables
+from src.weights import assign, network_variables
 from src.config import DataParams, ModelParams, Params
 from src.errors import UserError
 
@@ -164,20 +167,38 @@ def _dcgan_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
     return keras.Model(image, dense(1, dtype="float32")(x), name="discriminator")
 
 
+class NetworkFamily(NamedTuple):
+    """A generator and a discriminator builder, each ``(model, data) -> keras.Model``.
+
+    The generator maps latents (B, latent_dim) to images (B, size, size, channels) in the
+    data range; the discriminator maps images to logits (B, 1), float32.
+    """
+    generator: Callable[[ModelParams, DataParams], keras.Model]
+    discriminator: Callable[[ModelParams, DataParams], keras.Model]
+
+
+# ``model.arch`` names one of these (``config.ARCHS`` lists the accepted names, checked equal by a
+# test); a family's own settings live in the ``model`` section under its name.
+NETWORKS: dict[str, NetworkFamily] = {
+    "mlp": NetworkFamily(_mlp_generator, _mlp_discriminator),
+    "dcgan": NetworkFamily(_dcgan_generator, _dcgan_discriminator),
+}
+
+
 def build_generator(model: ModelParams, data: DataParams) -> keras.Model:
     """latent (B, latent_dim) -> images (B, size, size, channels) in the data range."""
-    return (_mlp_generator if model.arch == "mlp" else _dcgan_generator)(model, data)
+    return NETWORKS[model.arch].generator(model, data)
 
 
 def build_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
     """images (B, size, size, channels) -> logits (B, 1), float32."""
-    return (_mlp_discriminator if model.arch == "mlp" else _dcgan_discriminator)(model, data)
+    return NETWORKS[model.arch].discriminator(model, data)
 
 
 # ---------------------------------------------------------------------------- weights
 def variables_to_arrays(model: keras.Model, prefix: str) -> dict[str, np.ndarray]:
     """Every variable of ``model`` (weights, BatchNorm statistics, dropout seed state), keyed
-    by its path as checkpoints key it (``g/dense/kernel``: see src/checkpoint.py)."""
+    by its path as checkpoints key it (``g/dense/kernel``: see src/weights.py)."""
     return {key: np.asarray(var.numpy()) for key, var in network_variables(model, prefix).items()}
 
 

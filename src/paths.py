@@ -45,6 +45,11 @@ class Outputs:
         return self.root / "train_log"
 
     @property
+    def train_log_summary(self) -> Path:
+        """DVCLive's summary: the last epoch's values (the evaluate stage copies D's accuracies)."""
+        return self.train_log / "metrics.json"
+
+    @property
     def generator(self) -> Path:
         return self.root / "generator.keras"
 

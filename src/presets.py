@@ -7,93 +7,44 @@ are, so a switch keeps the edits a user made to keys the preset does not mention
 ``mnist-default`` preset sets back every key that any other preset sets, so
 ``make preset PRESET=mnist-default`` undoes any switch.
 
-``params.yaml`` keeps to one ``key: value  # comment`` per line, nested by indentation; a
-value is replaced by the preset's own text for it, with the comment kept in its column. The
-result is parsed again and must equal ``params.yaml`` with the preset's values merged in
-before it replaces the file (atomically), so an unusual layout stops with one line, never
-a wrong file. A key the schema does not know stops the switch with one line naming it.
+The editing is ``ruamel.yaml``'s round trip (it reads a file into mappings that remember
+their comments, quoting and flow style, and writes it back byte for byte): each value the
+preset sets replaces the old one, keeping its line's comment. A comment a longer value
+pushed aside returns to the file's usual comment column when the value is short again. The
+result is parsed again with PyYAML (what the stages read) and must equal ``params.yaml``
+with the preset's values merged in before it replaces the file (atomically), so an unusual
+layout stops with one line, never a wrong file. A key the schema does not know stops the
+switch with one line naming it.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import dataclasses
-import re
+import io
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError as RuamelError
 
 from src.config import PARAMS_FILE, Params
 from src.errors import UserError, stage_main
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 DEFAULT = "mnist-default"  # params.yaml as shipped: sets back every key the other presets set
-
-_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<rest>(\s.*)?)$")
-
-
-@dataclass
-class _Entry:
-    """One ``key: value  # comment`` line of a YAML file and the lines that continue its value."""
-    line: int                  # index of the key's line
-    indent: str
-    key: str
-    gap: str                   # the whitespace between ``key:`` and the value
-    value: str                 # the value's text as written ('' for a section or a multi-line value)
-    comment: str               # from ``#`` to the end of the line ('' when none)
-    comment_col: int           # column of ``#`` (-1 when no comment)
-    end: int = 0               # index after the last line that belongs to this entry
-    children: bool = False     # a section: keys nested under it
+_ONE_PER_LINE = "write one 'key: value' per line, nested by indentation"
 
 
-def _split_comment(rest: str) -> tuple[str, str]:
-    """``(value, comment)`` of the text after ``key:``; a ``#`` inside quotes is not a comment."""
-    quote, i = None, 0
-    while i < len(rest):
-        ch = rest[i]
-        if quote:
-            if ch == "\\" and quote == '"':
-                i += 1
-            elif ch == quote:
-                quote = None
-        elif ch in "\"'" and rest[:i].rstrip()[-1:] in ("", "[", "{", ","):
-            quote = ch
-        elif ch == "#" and (i == 0 or rest[i - 1] in " \t"):
-            return rest[:i], rest[i:]
-        i += 1
-    return rest, ""
-
-
-def _entries(lines: list[str]) -> dict[tuple[str, ...], _Entry]:
-    """Every key line of ``lines`` by its key path (blank and comment lines skipped)."""
-    out: dict[tuple[str, ...], _Entry] = {}
-    stack: list[tuple[int, tuple[str, ...]]] = []  # (indent, path) of the open keys
-    last: _Entry | None = None
-    for i, text in enumerate(lines):
-        stripped = text.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        match = _KEY_LINE.match(text)
-        if match is None:  # a block sequence item or a continued value: part of the last key
-            if last is not None:
-                last.end = i + 1
-            continue
-        indent = len(match["indent"])
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        if stack:
-            out[stack[-1][1]].children = True
-        path = (stack[-1][1] if stack else ()) + (match["key"],)
-        rest = match["rest"]
-        value, comment = _split_comment(rest)
-        gap = value[:len(value) - len(value.lstrip())] if value.strip() else " "
-        col = len(text) - len(rest) + len(value) if comment else -1
-        last = out[path] = _Entry(i, match["indent"], match["key"], gap, value.strip(), comment.rstrip(), col, i + 1)
-        stack.append((indent, path))
-    return out
+def _round_trip() -> YAML:
+    rt = YAML()  # round-trip mode: comments, quotes, flow style and key order survive
+    rt.preserve_quotes = True
+    rt.width = 4096  # never fold a long line
+    return rt
 
 
 def _schema_leaves(cls: type = Params, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], bool]:
@@ -121,7 +72,6 @@ def _leaves(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], A
 
 
 def _merged(base: dict, leaves: dict[tuple[str, ...], Any]) -> dict:
-    import copy
     out = copy.deepcopy(base)
     for path, value in leaves.items():
         node = out
@@ -132,6 +82,7 @@ def _merged(base: dict, leaves: dict[tuple[str, ...], Any]) -> dict:
 
 
 def _load(text: str, name: str) -> dict:
+    """``text`` parsed as the stages parse it (PyYAML); a mapping, or one line saying why not."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -144,8 +95,44 @@ def _load(text: str, name: str) -> dict:
     return raw
 
 
-def overlay(preset_text: str, preset_name: str) -> dict[tuple[str, ...], str]:
-    """The keys a preset sets, each with its value's text as written: ``{path: text}``.
+def _load_round_trip(text: str, name: str) -> CommentedMap:
+    _load(text, name)  # PyYAML's verdict and message first
+    try:
+        tree = _round_trip().load(text)
+    except RuamelError as exc:
+        raise UserError(f"{name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return tree if tree is not None else CommentedMap()
+
+
+def _rt_leaves(tree: CommentedMap, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """The round-trip values of ``tree``'s leaves by key path; raises if one spans lines."""
+    out = {}
+    for key, value in tree.items():
+        path = prefix + (str(key),)
+        if isinstance(value, CommentedMap) and value and not value.fa.flow_style():
+            out.update(_rt_leaves(value, path))
+        elif isinstance(value, (CommentedMap, CommentedSeq)) and value and not value.fa.flow_style():
+            raise ValueError(".".join(path))  # a block sequence: not one line
+        else:
+            out[path] = value
+    return out
+
+
+def _plain_copy(value: Any) -> Any:
+    """A preset's value without the preset's own comments, keeping its flow style and quoting."""
+    if isinstance(value, CommentedSeq):
+        seq = CommentedSeq(_plain_copy(v) for v in value)
+        seq.fa.set_flow_style()
+        return seq
+    if isinstance(value, CommentedMap):
+        mapping = CommentedMap((k, _plain_copy(v)) for k, v in value.items())
+        mapping.fa.set_flow_style()
+        return mapping
+    return value
+
+
+def overlay(preset_text: str, preset_name: str) -> dict[tuple[str, ...], Any]:
+    """The keys a preset sets, each with its value as written (round-trip type): ``{path: value}``.
 
     Raises UserError naming the first key the params schema does not know, or a section
     given a value.
@@ -158,47 +145,66 @@ def overlay(preset_text: str, preset_name: str) -> dict[tuple[str, ...], str]:
             raise UserError(f"{preset_name}: unknown params key '{dotted}'")
         if not schema[path]:
             raise UserError(f"{preset_name}: params key '{dotted}' is a section: set the keys under it")
-    texts = {path: e.value for path, e in _entries(preset_text.splitlines()).items() if not e.children}
-    if set(texts) != set(_leaves(raw)) or any(yaml.safe_load(texts[p]) != v for p, v in _leaves(raw).items()):
-        raise UserError(f"{preset_name}: write one 'key: value' per line, nested by indentation")
-    return texts
+    try:
+        values = _rt_leaves(_load_round_trip(preset_text, preset_name))
+    except ValueError:
+        raise UserError(f"{preset_name}: {_ONE_PER_LINE}") from None
+    if set(values) != set(_leaves(raw)):
+        raise UserError(f"{preset_name}: {_ONE_PER_LINE}")
+    return values
 
 
-def _comment_column(entries: dict[tuple[str, ...], _Entry]) -> int:
+def _eol_comment(parent: CommentedMap, key: str):
+    """The comment token at the end of ``key``'s line in ``parent`` (None when there is none)."""
+    slots = parent.ca.items.get(key)
+    return slots[2] if slots and len(slots) > 2 else None
+
+
+def _comment_column(tree: CommentedMap) -> int:
     """The column most of the file's value comments start at (params.yaml: 30)."""
-    cols = collections.Counter(e.comment_col for e in entries.values() if e.comment and e.value)
+    cols = collections.Counter()
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        for key, value in node.items():
+            if isinstance(value, CommentedMap) and not value.fa.flow_style():
+                todo.append(value)
+            elif _eol_comment(node, key) is not None:
+                cols[_eol_comment(node, key).column] += 1
     return cols.most_common(1)[0][0] if cols else 0
 
 
 def apply(params_text: str, preset_text: str, preset_name: str, params_name: str = PARAMS_FILE) -> str:
     """``params_text`` with every value ``preset_text`` sets written in; the rest unchanged."""
-    texts = overlay(preset_text, preset_name)
+    values = overlay(preset_text, preset_name)
     base = _load(params_text, params_name)
-    lines = params_text.splitlines(keepends=True)
-    entries = _entries([line.rstrip("\r\n") for line in lines])
-    for path in texts:
-        if path not in entries:
-            inline = next((path[:i] for i in range(len(path) - 1, 0, -1) if path[:i] in entries), None)
-            if inline is not None and entries[inline].value:
-                raise UserError(f"{params_name}: params key '{'.'.join(inline)}' is written on one line; "
-                                f"write its keys one per line for {preset_name} to set '{path[-1]}'")
+    tree = _load_round_trip(params_text, params_name)
+    lines = params_text.splitlines()
+    align = _comment_column(tree)
+    for path, value in values.items():
+        parent = tree
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, CommentedMap) else None
+        key = path[-1]
+        if not isinstance(parent, CommentedMap) or key not in parent:
             raise UserError(f"{params_name}: has no line for params key '{'.'.join(path)}' (which {preset_name} "
-                            f"sets); add it back as '{path[-1]}: ...'")
-        if entries[path].children:
+                            f"sets); add it back as '{key}: ...'")
+        if isinstance(parent[key], CommentedMap) and parent[key]:
             raise UserError(f"{params_name}: params key '{'.'.join(path)}' is a section, {preset_name} gives it "
                             "a value")
-    align = _comment_column(entries)
-    for path, value in sorted(texts.items(), key=lambda item: -entries[item[0]].line):  # bottom up: lines may go
-        entry = entries[path]
-        head = f"{entry.indent}{entry.key}:{entry.gap}{value}"
-        if entry.comment:
-            old_end = len(f"{entry.indent}{entry.key}:{entry.gap}{entry.value}")
-            wanted = entry.comment_col if entry.comment_col > old_end + 1 else align
-            head = head.ljust(max(wanted, len(head) + 1)) + entry.comment
-        newline = lines[entry.end - 1][len(lines[entry.end - 1].rstrip("\r\n")):]
-        lines[entry.line:entry.end] = [head + newline]
-    result = "".join(lines)
-    expected = _merged(base, {path: yaml.safe_load(text) for path, text in texts.items()})
+        comment = _eol_comment(parent, key)
+        if comment is not None and not parent.fa.flow_style():
+            line = lines[parent.lc.key(key)[0]]
+            old_end = len(line[:comment.column].rstrip())
+            if comment.column <= old_end + 1:  # pushed aside by a long value: back to the usual column
+                comment.column = align
+        parent[key] = _plain_copy(value)
+    out = io.StringIO()
+    _round_trip().dump(tree, out)
+    result = out.getvalue()
+    if "\r\n" in params_text:  # ruamel writes "\n"; keep a Windows file's line ends
+        result = result.replace("\r\n", "\n").replace("\n", "\r\n")
+    expected = _merged(base, _leaves(_load(preset_text, preset_name)))
     if _load(result, params_name) != expected:
         raise UserError(f"{params_name}: its layout is too unusual to set {preset_name}'s keys line by line; "
                         "edit it by hand")
@@ -249,8 +255,9 @@ def switch(name: str, params_path: str | Path = PARAMS_FILE) -> str:
     if Path(shown).stem != DEFAULT:
         default_name, default_text = read(DEFAULT)
         mine = overlay(preset_text, shown)
-        kept = [".".join(path) for path, text in overlay(default_text, default_name).items()
-                if path not in mine and new.get(path) != yaml.safe_load(text)]
+        default_values = _leaves(_load(default_text, default_name))
+        kept = [".".join(path) for path in overlay(default_text, default_name)
+                if path not in mine and new.get(path) != default_values[path]]
         if kept:
             listed = ", ".join(kept[:4]) + (f" and {len(kept) - 4} more" if len(kept) > 4 else "")
             said += (f"\nnote: {listed} (set by other presets, not by this one) keep their values; "

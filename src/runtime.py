@@ -1,4 +1,5 @@
-"""Where and how training runs: determinism, mixed precision, devices and strategies.
+"""Where and how training runs: determinism, mixed precision, devices and strategies, and
+the multi-worker wrapper (:func:`worker_outputs`: who writes the outputs, what a lost peer means).
 
 ``strategy: auto`` picks, in order: several workers in ``TF_CONFIG`` ->
 MultiWorkerMirroredStrategy; several GPUs -> MirroredStrategy; one GPU -> OneDeviceStrategy
@@ -6,9 +7,17 @@ on it; otherwise TensorFlow's default strategy (the CPU).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import platform
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
 
 import keras
 import tensorflow as tf
@@ -16,6 +25,11 @@ import tensorflow as tf
 from src.config import TrainParams
 from src.determinism import make_deterministic
 from src.errors import UserError
+from src.paths import TrainPaths
+
+# What a collective exchange raises when a peer is gone or does not answer within train.worker_timeout.
+_LOST_WORKER = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                tf.errors.AbortedError)
 
 
 def configure(train: TrainParams, seed: int) -> str:
@@ -36,7 +50,7 @@ def set_cpu_threads(intra_op: int, inter_op: int) -> None:
 
     The small convolutions of a 32-pixel GAN split badly over cores: on 2 cores, one thread
     per op with two ops side by side trains the folder-fast preset about 13% faster than
-    TensorFlow's default (README: "Your own images on a CPU"). TensorFlow fixes its pools
+    TensorFlow's default (docs/own-images.md). TensorFlow fixes its pools
     when it starts, so this must run before its first op; called later (a second run in
     one process, as the tests do), a request that differs from the pools in place is a
     UserError rather than silently ignored.
@@ -89,7 +103,7 @@ def precision_policy(mixed_precision: str) -> str:
     """The Keras policy that ``train.mixed_precision`` names on this machine.
 
     ``auto``: bfloat16 compute (float32 weights) on a CPU-only machine whose CPU has native
-    bfloat16, where it trains about 1.3x faster (README: "Your own images"); float32
+    bfloat16, where it trains about 1.3x faster (docs/own-images.md); float32
     everywhere else, GPUs included (on a GPU choose ``mixed_float16`` yourself). Without a
     GPU or native bfloat16, ``mixed_bfloat16`` runs at half float32's speed (AVX-512) or
     aborts inside oneDNN (AVX2), so it stops here with one line instead.
@@ -142,6 +156,49 @@ def make_strategy(name: str, worker_timeout: float = 0) -> tf.distribute.Strateg
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
+
+
+def training_strategy(train: TrainParams) -> tf.distribute.Strategy:
+    """The first TensorFlow calls of a training run: thread pools and a multi-worker strategy
+    are fixed at start-up. XLA with several CPU workers is refused (no CPU collectives)."""
+    set_cpu_threads(train.intra_op_threads, train.inter_op_threads)
+    strategy = make_strategy(train.strategy, train.worker_timeout)
+    if train.jit_compile and workers(strategy) > 1 and not tf.config.list_logical_devices("GPU"):
+        raise UserError("params key 'train.jit_compile' must be false for multi-worker training on CPUs "
+                        "(TensorFlow's XLA has no collectives for CPU devices); GPU workers may keep it true")
+    return strategy
+
+
+@contextlib.contextmanager
+def worker_outputs(strategy: tf.distribute.Strategy, paths: TrainPaths) -> Iterator[TrainPaths]:
+    """The paths this process trains into: ``paths`` on the chief (and in a single-process
+    run); on another worker of a multi-worker run, scratch copies removed at the end (and at
+    the next start, after a kill). Every worker resumes from the shared ``paths.checkpoints``.
+
+    A non-chief worker computes what the chief does (it takes part in every exchange) but
+    writes nothing of the outputs. A peer lost during the run becomes one UserError line
+    that says how to resume.
+    """
+    try:
+        if is_chief(strategy):
+            yield paths
+            return
+        task = strategy.cluster_resolver
+        where = hashlib.sha256(str(paths.checkpoints.resolve()).encode()).hexdigest()[:12]
+        scratch = Path(tempfile.gettempdir()) / f"gan-train-{task.task_type}{task.task_id}-{where}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            yield TrainPaths(**{f.name: None if getattr(paths, f.name) is None else scratch / getattr(paths, f.name).name
+                                for f in dataclasses.fields(TrainPaths)})
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except _LOST_WORKER as exc:
+        if workers(strategy) < 2:
+            raise
+        detail = (re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(exc)).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"train: lost contact with another worker ({type(exc).__name__}: {detail}); "
+                        "restart every worker: `dvc repro` on the chief resumes from the newest checkpoint "
+                        f"in {paths.checkpoints}") from None
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

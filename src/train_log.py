@@ -158,7 +158,7 @@ class TrainLog:
 
     def _tb_image(self, epoch: int, image: np.ndarray) -> None:
         import tensorflow as tf
-        from src.render import encode_png
+        from src.pictures import encode_png
 
         image = image[..., None] if image.ndim == 2 else image
         height, width = image.shape[:2]

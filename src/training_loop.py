@@ -1,12 +1,13 @@
 """The GAN training loop, in the order it runs.
 
-:func:`train` checks the data and sets up the strategy (a non-chief worker of a multi-worker
-run gets scratch copies of the output paths); :func:`_train` then goes through these parts,
-top to bottom in this file:
+:func:`train` checks the data and sets up the strategy (:mod:`src.runtime` decides what a
+multi-worker run's other workers write); :func:`_train` then goes through these parts, top
+to bottom in this file:
 
 1. the model: :func:`build_gan` makes the networks, optimizers and :class:`~src.gan.GAN`;
-2. the resume decision (:func:`resume`): the newest checkpoint made with the same
-   fingerprint, or a fresh start; files from past the resume point are dropped;
+2. the resume (:func:`resume`): the checkpoint :func:`src.checkpoint.resume_point` picks
+   (same fingerprint, not past the run), or a fresh start; files from past the resume
+   point are dropped;
 3. the data plan (:class:`DataPlan`): steps per epoch, chunks of ``train.steps_per_call``
    steps, and one input pipeline over every chunk left in the run;
 4. the epoch loop (:meth:`Run.epoch`): compiled chunks, the non-finite guard, adaptive
@@ -19,14 +20,10 @@ what a checkpoint's ``meta`` records (the weights are the GAN's variables).
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import math
-import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +40,12 @@ from src.augment import Augmenter, next_probability
 from src.config import AdamParams, Params, to_dict
 from src.dataset import ShardReader, open_shards
 from src.errors import UserError
-from src.gan import GAN
+from src.gan import GAN, STEP_RESULTS
 from src.keras_file import save_model
-from src.losses import get_loss
+from src.losses import LossOptions, get_loss
 from src.networks import build_discriminator, build_generator
 from src.paths import TrainPaths
-from src.render import make_grid
+from src.pictures import make_grid
 from src.sampling import latents, to_uint8
 from src.train_log import TrainLog
 from src.train_log import summary as train_log_summary
@@ -61,9 +58,6 @@ TENSORBOARD_OFF = ("TensorBoard event files of the train log are written in this
                    "train.tensorboard: true.\n")
 LIVE_GRID = (64, 8, 112)  # the train log's snapshot grids: images, columns, display pixels (fixed: not sample.*)
 
-# What a collective exchange raises when a peer is gone or does not answer within train.worker_timeout.
-_LOST_WORKER = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-                tf.errors.AbortedError)
 _say = tqdm.write  # messages that keep the progress bar intact
 
 
@@ -78,38 +72,11 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
     Returns a summary dict (final epoch, last epoch's losses). Raises UserError on bad
     data, a non-finite loss or a stop request (after saving a checkpoint).
     """
-    t = params.train
     manifest, shards = open_shards(processed, verify=True)
     _check_shapes(params, manifest, processed)
-    # The first TensorFlow calls: thread pools and a multi-worker strategy are fixed at start-up.
-    runtime.set_cpu_threads(t.intra_op_threads, t.inter_op_threads)
-    strategy = runtime.make_strategy(t.strategy, t.worker_timeout)
-    if t.jit_compile and runtime.workers(strategy) > 1 and not tf.config.list_logical_devices("GPU"):
-        raise UserError("params key 'train.jit_compile' must be false for multi-worker training on CPUs "
-                        "(TensorFlow's XLA has no collectives for CPU devices); GPU workers may keep it true")
-    try:
-        if runtime.is_chief(strategy):
-            return _train(params, strategy, manifest, shards, paths, paths.checkpoints)
-        # A non-chief worker computes what the chief does (it takes part in every exchange)
-        # but writes nothing of the outputs: its copies go to a scratch folder, removed at the
-        # end (and at the next start, after a kill). It resumes from the shared checkpoints.
-        task = strategy.cluster_resolver
-        where = hashlib.sha256(str(paths.checkpoints.resolve()).encode()).hexdigest()[:12]
-        scratch = Path(tempfile.gettempdir()) / f"gan-train-{task.task_type}{task.task_id}-{where}"
-        shutil.rmtree(scratch, ignore_errors=True)
-        try:
-            own = TrainPaths(**{f.name: None if getattr(paths, f.name) is None else scratch / getattr(paths, f.name).name
-                                for f in dataclasses.fields(TrainPaths)})
-            return _train(params, strategy, manifest, shards, own, paths.checkpoints)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    except _LOST_WORKER as exc:
-        if runtime.workers(strategy) < 2:
-            raise
-        detail = (re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(exc)).strip().splitlines() or [""])[0][:160]
-        raise UserError(f"train: lost contact with another worker ({type(exc).__name__}: {detail}); "
-                        "restart every worker: `dvc repro` on the chief resumes from the newest checkpoint "
-                        f"in {paths.checkpoints}") from None
+    strategy = runtime.training_strategy(params.train)
+    with runtime.worker_outputs(strategy, paths) as own_paths:  # a non-chief worker writes to scratch
+        return _train(params, strategy, manifest, shards, own_paths, paths.checkpoints)
 
 
 def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, shards: list, paths: TrainPaths,
@@ -124,7 +91,7 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
     gan = build_gan(params, strategy)
     reader = ShardReader(shards)
     plan = DataPlan.make(params, reader.count)
-    made_with = fingerprint(params, manifest)
+    made_with = checkpoint.fingerprint(params, manifest)
     state, resumed = resume(params, gan, made_with, resume_from)
     plan.check_resume_point(state.step_in_epoch, paths.checkpoints)
     log = _prepare_outputs(params, paths, state.epoch, resumed, env)
@@ -151,7 +118,7 @@ def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None) ->
     """
     t = params.train
     strategy = strategy or tf.distribute.get_strategy()
-    loss = get_loss(t.loss, t.label_smoothing)
+    loss = get_loss(t.loss, LossOptions(label_smoothing=t.label_smoothing, gp_weight=t.gp_weight))
     augmenter = Augmenter(tuple(t.augment.policy), params.data.value_range) if t.augment.policy else None
     with strategy.scope():
         generator = build_generator(params.model, params.data)
@@ -161,7 +128,7 @@ def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None) ->
         d_opt = _optimizer(t.d_optimizer, t.mixed_precision)
     return GAN(discriminator, generator, params.model.latent_dim, d_optimizer=d_opt, g_optimizer=g_opt, loss=loss,
                batch_size=t.batch_size, seed=params.common.seed, ema_generator=ema_generator,
-               ema_decay=t.ema.decay if t.ema.enabled else None, d_steps=t.d_steps, gp_weight=t.gp_weight,
+               ema_decay=t.ema.decay if t.ema.enabled else None, d_steps=t.d_steps,
                augmenter=augmenter, augment_p=t.augment.probability, jit_compile=t.jit_compile, strategy=strategy)
 
 
@@ -184,7 +151,7 @@ class RunState:
     epoch: int = 0          # epochs finished
     step_in_epoch: int = 0  # steps done in the epoch under way
     step: int = 0           # steps done in the run
-    sums: np.ndarray = field(default_factory=lambda: np.zeros(4))  # the epoch's sums of d_loss, g_loss, d_acc_*
+    sums: np.ndarray = field(default_factory=lambda: np.zeros(len(STEP_RESULTS)))  # the epoch's sums, STEP_RESULTS order
     augment_p: float = 0.0  # the augmentation probability (a float32 value: what the step reads)
 
     @classmethod
@@ -201,43 +168,30 @@ class RunState:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
                 "sums": self.sums.tolist(), "augment_p": self.augment_p, "fingerprint": fingerprint}
 
-    def add_chunk(self, sums: np.ndarray, steps: int) -> None:
-        self.sums += sums
+    def add_chunk(self, sums: dict[str, float], steps: int) -> None:
+        self.sums += np.array([sums[name] for name in STEP_RESULTS])
         self.step += steps
         self.step_in_epoch += steps
 
-    def close_epoch(self, steps_per_epoch: int) -> np.ndarray:
-        """Count the epoch as finished; return its mean d_loss, g_loss, d_acc_real, d_acc_fake."""
-        means = self.sums / steps_per_epoch
-        self.epoch, self.step_in_epoch, self.sums = self.epoch + 1, 0, np.zeros(4)
+    def close_epoch(self, steps_per_epoch: int) -> dict[str, float]:
+        """Count the epoch as finished; return the means of :data:`~src.gan.STEP_RESULTS` by name."""
+        means = dict(zip(STEP_RESULTS, self.sums / steps_per_epoch))
+        self.epoch, self.step_in_epoch, self.sums = self.epoch + 1, 0, np.zeros(len(STEP_RESULTS))
         return means
 
 
 def resume(params: Params, gan: GAN, made_with: dict, folder: Path) -> tuple[RunState, Path | None]:
-    """Where this run starts: the newest usable checkpoint in ``folder`` (its state loaded
-    into ``gan``) and its path, or a fresh :class:`RunState` and None.
-
-    A checkpoint made with another fingerprint (params or data that shape the weights),
-    or one past ``train.epochs``, means a fresh start.
-    """
-    t = params.train
-    found = checkpoint.load_latest(folder, max_epoch=t.epochs)
+    """Where this run starts: the checkpoint :func:`src.checkpoint.resume_point` picks in
+    ``folder`` (its state loaded into ``gan``) and its path, or a fresh :class:`RunState` and None."""
+    found = checkpoint.resume_point(folder, made_with, params.train.epochs, _say)
     if found is None:
         return RunState.fresh(params), None
     arrays, meta, path = found
-    changed = _changed_keys(meta["fingerprint"], made_with)
-    if changed:
-        _say(f"train: params changed since {path} ({', '.join(changed[:6])}); starting fresh")
-    elif meta["epoch"] == t.epochs and meta["step_in_epoch"]:
-        _say(f"train: {path} is past train.epochs={t.epochs}; starting fresh")
-    else:
-        gan.load_state(arrays, str(path))
-        state = RunState.from_meta(meta, params)
-        gan.augment_p.assign(state.augment_p)
-        _say(f"train: resuming from {path} (epoch {state.epoch}, step {state.step})")
-        if state.step > 0:
-            return state, path
-    return RunState.fresh(params), None
+    gan.load_state(arrays, str(path))
+    state = RunState.from_meta(meta, params)
+    gan.augment_p.assign(state.augment_p)
+    _say(f"train: resuming from {path} (epoch {state.epoch}, step {state.step})")
+    return (state, path) if state.step > 0 else (RunState.fresh(params), None)
 
 
 def _prepare_outputs(params: Params, paths: TrainPaths, epoch: int, resumed: Path | None, env: dict) -> TrainLog:
@@ -382,12 +336,12 @@ class Run:
                 raise SystemExit(128 + stop.signum)
         return state.step_in_epoch - steps_before, time.perf_counter() - started
 
-    def _adapt_augmentation(self, state: RunState, chunk_sums: np.ndarray, n: int) -> None:
+    def _adapt_augmentation(self, state: RunState, chunk_sums: dict[str, float], n: int) -> None:
         a = self.params.train.augment
         if not (a.adaptive and self.gan.augmenter is not None):
             return
         # ADA: r_t = E[sign(D(real))] = 2 * (share of reals D calls real) - 1, over this call.
-        r_t = 2.0 * chunk_sums[2] / n - 1.0
+        r_t = 2.0 * chunk_sums["d_acc_real"] / n - 1.0
         p = next_probability(state.augment_p, r_t, a.target, n * self.plan.batch_size, a.speed_kimg * 1000.0)
         state.augment_p = float(np.float32(p))
         self.gan.augment_p.assign(state.augment_p)
@@ -399,12 +353,12 @@ class Run:
         images_per_sec = steps * t.batch_size / max(seconds, 1e-9)
         means = state.close_epoch(self.plan.steps_per_epoch)
         epoch = state.epoch
-        row = dict(zip(LOG_COLUMNS, [epoch, state.step] + [round(float(v), 6) for v in means]
-                       + [round(images_per_sec, 1), round(state.augment_p, 6)]))
-        self.log.epoch(epoch, {k: v for k, v in row.items() if k != "epoch"})
+        row = {"global_step": state.step, **{k: round(float(v), 6) for k, v in means.items()},
+               "images_per_sec": round(images_per_sec, 1), "augment_p": round(state.augment_p, 6)}
+        self.log.epoch(epoch, {k: row[k] for k in LOG_COLUMNS if k != "epoch"})
         eta = progress.eta(state.step)
-        _say(f"epoch {epoch}/{t.epochs}: d_loss {means[0]:.4f}, g_loss {means[1]:.4f}, "
-             f"d_acc real {means[2]:.2f} fake {means[3]:.2f}, {images_per_sec:.0f} img/s, "
+        _say(f"epoch {epoch}/{t.epochs}: d_loss {means['d_loss']:.4f}, g_loss {means['g_loss']:.4f}, "
+             f"d_acc real {means['d_acc_real']:.2f} fake {means['d_acc_fake']:.2f}, {images_per_sec:.0f} img/s, "
              + (f"augment p {state.augment_p:.3f}, " if self.gan.augmenter is not None else "") +
              f"eta {eta // 60}m{eta % 60:02d}s")
         if epoch % self.params.sample.every_epochs == 0 or epoch == t.epochs:
@@ -429,33 +383,6 @@ class Run:
 
 
 # ---------------------------------------------------------------------------- helpers
-def fingerprint(params: Params, manifest: dict) -> dict:
-    """Everything that shapes the training trajectory; a change means a fresh start.
-
-    ``train.epochs`` is left out on purpose: raising it continues a finished run, which
-    gives the same weights as one run to the new count. How often checkpoints are kept
-    and the sample schedule do not change the weights either.
-    """
-    train = {k: v for k, v in to_dict(params.train).items()
-             if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout", "tensorboard")}
-    shards = [s["sha256"] for s in manifest["shards"]]
-    data = {k: v for k, v in to_dict(params.data).items() if k in ("image_size", "channels", "range")}
-    return {"common": to_dict(params.common), "data": data, "model": to_dict(params.model),
-            "train": train, "shards": shards}
-
-
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        name = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, name + ".")
-        elif a != b:
-            keys.append("data shards" if name == "shards" else name)
-    return keys
-
-
 def _live_grid(params: Params, generator: keras.Model) -> np.ndarray:
     """The train log's picture of a snapshot: the fixed latent batch of the sample stage
     (``common.seed``), ``LIVE_GRID`` images in a grid, enlarged to about 112 pixels each."""

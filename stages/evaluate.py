@@ -18,11 +18,12 @@ def main() -> None:
     params = load_params()
     from src.determinism import make_deterministic
     from src.evaluate import evaluate
+    from src.metrics.registry import METRICS
 
     make_deterministic()  # op determinism; evaluate seeds its own draws from evaluate.seed
     start = time.perf_counter()
     metrics = evaluate(params)
-    shown = ("fid", "kid", "classifier_score", "coverage", "swd", "fid_real", "swd_real")
+    shown = [key for name in METRICS for key in (name, name + "_real") if key in metrics]  # each metric's headline
     summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
     print(f"evaluate: {summary} ({time.perf_counter() - start:.0f}s)")
     if "best_epoch" in metrics:

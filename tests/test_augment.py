@@ -8,6 +8,8 @@ import tensorflow as tf
 from conftest import blob_images, tiny_params, write_processed
 from src import runtime
 from src.augment import Augmenter, next_probability
+from src.gan import Draw
+from src.losses import LossInputs
 from src.config import AUGMENT_POLICIES
 from src.train_log import read_rows
 from src.training_loop import TrainPaths, build_gan, train
@@ -92,8 +94,9 @@ def test_generator_receives_gradients_through_the_augmentation():
     @tf.function
     def g_grads():
         with tf.GradientTape() as tape:
-            fake = gan._augment(gan.generator(z, training=True), tf.constant(0, tf.int64), 4)
-            loss = gan.loss.g_loss(gan.discriminator(fake, training=True))
+            fake = gan.augment(gan.generator(z, training=True), tf.constant(0, tf.int64), Draw.AUGMENT_FAKE)
+            logits = gan.discriminator(fake, training=True)
+            loss = gan.loss.g_loss(LossInputs(gan.discriminator, fake, fake, logits, logits, tf.constant([0, 0], tf.int64)))
         return tape.gradient(loss, gan.generator.trainable_variables)
 
     grads = g_grads()

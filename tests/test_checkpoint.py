@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_params
-from src import checkpoint, runtime
+from src import checkpoint, runtime, weights
 from src.atomic import load_arrays, save_arrays
 from src.errors import UserError
 from src.training_loop import RunState, build_gan
@@ -49,7 +49,7 @@ def test_keys_name_network_layer_variable_and_optimizer_slot(tmp_path):
     assert {KERNEL, f"ema/{KERNEL}", f"g_opt/momentum/{KERNEL}", f"g_opt/velocity/{KERNEL}",
             "g_opt/iteration", "generator/batch_normalization/moving_mean", "discriminator/conv2d/kernel",
             "discriminator/dropout/seed_generator_state", "d_opt/momentum/discriminator/conv2d/kernel"} <= set(arrays)
-    assert not any(checkpoint._POSITIONAL.match(k) for k in arrays)
+    assert not any(weights._POSITIONAL.match(k) for k in arrays)
 
 
 def test_keys_do_not_depend_on_what_the_process_built_before():

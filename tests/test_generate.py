@@ -18,7 +18,7 @@ from src import generate
 from src.atomic import save_arrays
 from src.config import parse_params
 from src.networks import build_generator, load_generator, variables_to_arrays
-from src.render import PAD, read_png
+from src.pictures import PAD, read_png
 from src.sampling import generate_batches, generate_images, to_uint8
 
 

@@ -15,7 +15,8 @@ from src.atomic import save_arrays
 from src.config import parse_params
 from src.errors import UserError
 from src.networks import build_generator, variables_to_arrays
-from src.render import PAD, PAD_VALUE, display_scale, encode_png, make_grid, read_png, render_samples, upscale
+from src.pictures import PAD, PAD_VALUE, display_scale, encode_png, make_grid, read_png, upscale
+from src.render import render_samples
 
 
 def params_for(size=8, channels=1, value_range=(-1, 1), count=6, grid_columns=4, progress_columns=3,

@@ -16,6 +16,7 @@ from conftest import REPO, run_stage, tiny_params
 from src import checkpoint, runtime
 from src.atomic import load_arrays
 from src.train_log import image_files, read_rows
+from src.gan import STEP_RESULTS
 from src.training_loop import LOG_COLUMNS, TrainPaths, build_gan, train
 
 PATHS = dict(checkpoints="outputs/checkpoints", snapshots="outputs/snapshots",
@@ -56,7 +57,7 @@ def test_one_step_each_model_and_loss(arch, loss):
     gan = _make_gan(params)
     g_before, d_before = _values(gan.generator.trainable_variables), _values(gan.discriminator.trainable_variables)
     sums, bad = _one_chunk(gan, params, steps=2)
-    assert bad == -1 and np.isfinite(sums).all()
+    assert bad == -1 and set(sums) == set(STEP_RESULTS) and np.isfinite(list(sums.values())).all()
     # Every kernel moves (a bias can have an exactly zero gradient, e.g. hinge at init).
     assert all(c for c, v in zip(_changed(g_before, gan.generator.trainable_variables),
                                  gan.generator.trainable_variables) if "kernel" in v.path)
@@ -78,7 +79,7 @@ def test_xla_and_mixed_precision_steps_on_cpu(switches):
         gan = _make_gan(params)
         d_before = _values(gan.discriminator.trainable_variables)
         sums, bad = _one_chunk(gan, params, steps=3)
-        assert bad == -1 and np.isfinite(sums).all()
+        assert bad == -1 and set(sums) == set(STEP_RESULTS) and np.isfinite(list(sums.values())).all()
         assert any(_changed(d_before, gan.discriminator.trainable_variables))
         if params.train.mixed_precision != "none":
             assert gan.generator.layers[1].compute_dtype in ("float16", "bfloat16")
@@ -251,7 +252,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(project, monke
 
     from src import losses, training_loop
     real = losses.get_loss("nsgan")
-    broken = losses.GANLoss(lambda r, f: real.d_loss(r, f) * np.nan, real.g_loss, False)
+    broken = losses.GANLoss(lambda x: real.d_loss(x) * np.nan, real.g_loss)
     monkeypatch.setattr(training_loop, "get_loss", lambda *a: broken)
     with pytest.raises(training_loop.NonFiniteLoss, match=r"non-finite loss at epoch 2, step 3"):
         train(tiny_params(train={"epochs": 2}), root / "data" / "processed", paths)
