@@ -1,7 +1,7 @@
 """One registry per extension point; the names params.yaml accepts are exactly its keys.
 
 ``src/config.py`` keeps the accepted names without importing the registries (every stage
-validates params before TensorFlow loads, and the preprocess and classifier stages must not
+validates params before TensorFlow loads, and the scan and preprocess stages must not
 depend on the losses or networks); these tests keep the two in step.
 """
 from __future__ import annotations
