@@ -74,6 +74,7 @@ def build_project(root: Path) -> Path:
         shutil.copytree(REPO / item, root / item, ignore=ignore)
     for item in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO / item, root / item)
+    shutil.copytree(REPO / "data" / "rulers", root / "data" / "rulers")  # shipped, as a clone has them
     (root / ".dvc").mkdir()
     shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
     tiny_mnist(root / "data" / "raw" / "mnist")
