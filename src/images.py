@@ -41,7 +41,7 @@ def _entry_problem(path: str) -> str | None:
         if exc.errno == errno.ELOOP:
             return "symlink loop"
         if exc.errno == errno.ENOENT and os.path.islink(path):
-            return f"dangling symlink (to {os.readlink(path)})"
+            return f"dangling symlink: points to {os.readlink(path)}"
         return f"unreadable: {exc.strerror or _short(exc)}"
     if stat.S_ISDIR(st.st_mode):
         return "a folder, not an image file" + (" (a symlink; not entered)" if os.path.islink(path) else "")

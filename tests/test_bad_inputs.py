@@ -72,7 +72,7 @@ BAD = {
     "text_named.png": ("not an image",),
     "bomb.png": ("decompression bomb",),
     "symlink_loop.png": ("symlink loop",),
-    "dangling_link.png": ("dangling symlink (to nowhere/missing.png)",),
+    "dangling_link.png": ("dangling symlink: points to nowhere/missing.png",),
     "fifo.png": ("not a regular file (FIFO)",),  # must never block on open()
     "folder.png": ("a folder, not an image file",),  # listed, and its contents are still used
     ODD_BAD: ("truncated or corrupt",),
