@@ -131,8 +131,14 @@ def fingerprint(params: Params, manifest: dict) -> dict:
              if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout", "tensorboard")}
     shards = [s["sha256"] for s in manifest["shards"]]
     data = {k: v for k, v in to_dict(params.data).items() if k in ("image_size", "channels", "range")}
-    return {"common": to_dict(params.common), "data": data, "model": to_dict(params.model),
-            "train": train, "shards": shards}
+    model = to_dict(params.model)
+    classes = manifest.get("classes")
+    if not classes:  # 0 classes: the fingerprint of a run from before labels existed
+        model.pop("class_embedding")
+        return {"common": to_dict(params.common), "data": data, "model": model, "train": train, "shards": shards}
+    labels = [s["labels_sha256"] for s in manifest["shards"]]
+    return {"common": to_dict(params.common), "data": data, "model": model, "train": train, "shards": shards,
+            "classes": list(classes), "labels": labels}
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

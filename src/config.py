@@ -126,6 +126,7 @@ class DCGANParams:
 class ModelParams:
     arch: str = _spec("dcgan", choices=ARCHS)
     latent_dim: int = _spec(100, check=at_least(1))
+    class_embedding: int = _spec(50, check=at_least(1))
     mlp: MLPParams = field(default_factory=MLPParams)
     dcgan: DCGANParams = field(default_factory=DCGANParams)
 

@@ -11,6 +11,12 @@ them on every replica inside one compiled call (:meth:`GAN._replica_chunk`) and 
 their sums by name, and the first step whose loss is not finite. Every random draw inside
 a step is stateless, from ``(seed, step, purpose, replica)`` (:class:`Draw` names the
 purposes), so a resumed run draws what an uninterrupted one would.
+
+Classes: a conditional pair (networks built with classes, :mod:`src.networks`) trains on
+``(images, labels)`` chunks. The generated half of each step gets the real batch's labels,
+so the generator draws the classes as often as the data holds them, and the
+discriminator (and every loss, the gradient penalty included) sees each image with its
+label. Unconditional pairs run exactly the step they always ran.
 """
 from __future__ import annotations
 
@@ -58,6 +64,7 @@ class GAN:
                  augmenter: Augmenter | None = None, augment_p: float = 0.0, jit_compile: bool = False,
                  strategy: tf.distribute.Strategy | None = None):
         self.discriminator, self.generator, self.ema_generator = discriminator, generator, ema_generator
+        self.conditional = len(generator.inputs) > 1  # takes [latent, label]
         self.latent_dim = latent_dim
         self.d_opt, self.g_opt = d_optimizer, g_optimizer
         self.loss = loss
@@ -103,15 +110,18 @@ class GAN:
         Both networks are updated from one forward pass (the original two-tape step): each
         tape differentiates only its own network's variables, so the discriminator's update
         never touches the generator and the other way round. ``update_generator`` False
-        updates the discriminator alone (``g_loss`` is then 0). ``labels`` (None:
-        unconditional) reach the loss.
+        updates the discriminator alone (``g_loss`` is then 0). ``labels`` (int32 (B,);
+        None: unconditional) condition both networks: the generated images get the real
+        batch's labels.
         """
         z = self.latents(step, tf.shape(real)[0])
         real = self.augment(real, step, Draw.AUGMENT_REAL)
+        critic = self.critic(labels)
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
-            fake = self.augment(self.generator(z, training=True), step, Draw.AUGMENT_FAKE)  # G's gradient flows through
-            seen = LossInputs(self.discriminator, real, fake, self.discriminator(real, training=True),
-                              self.discriminator(fake, training=True), self.draw_seed(step, Draw.LOSS), labels)
+            g_input = z if labels is None else [z, labels]
+            fake = self.augment(self.generator(g_input, training=True), step, Draw.AUGMENT_FAKE)  # G's gradient flows through
+            seen = LossInputs(critic, real, fake, critic(real, training=True), critic(fake, training=True),
+                              self.draw_seed(step, Draw.LOSS), labels)
             d_loss = self.loss.d_loss(seen)
             g_loss = self.loss.g_loss(seen) if update_generator else tf.constant(0.0)
             d_scaled = self.d_opt.scale_loss(d_loss / self.replicas)
@@ -126,6 +136,17 @@ class GAN:
         return {"d_loss": d_loss, "g_loss": g_loss,
                 "d_acc_real": tf.reduce_mean(tf.cast(seen.real_logits > 0, tf.float32)),
                 "d_acc_fake": tf.reduce_mean(tf.cast(seen.fake_logits < 0, tf.float32))}
+
+    def critic(self, labels=None):
+        """The discriminator as a function of images alone, ``(images, training) -> logits``:
+        the Keras model itself, or with ``labels`` one that passes them beside the images
+        (what :class:`~src.losses.LossInputs` hands a loss, so a penalty needs no labels of its own)."""
+        if labels is None:
+            return self.discriminator
+
+        def conditioned(images, training=True):
+            return self.discriminator([images, labels], training=training)
+        return conditioned
 
     def d_step(self, real, step, labels=None) -> dict[str, tf.Tensor]:
         """Update the discriminator only."""
@@ -143,27 +164,31 @@ class GAN:
             avg.assign(decay * avg + (1.0 - decay) * tf.cast(var.value, avg.dtype))
 
     # -- one compiled call ------------------------------------------------------------------
-    def _one_step(self, real, step, g_step=None):
+    def _one_step(self, real, step, labels=None, g_step=None):
         """A joint step, or a discriminator-only one when ``d_steps`` > 1 and this is not the
         d_steps-th step. ``g_step`` is given (a Python bool) when the loop is unrolled, so no
         sync point sits inside a tf.cond."""
         if self.d_steps == 1 or g_step is True:
-            return self.train_step(real, step)
+            return self.train_step(real, step, labels)
         if g_step is False:
-            return self.d_step(real, step)
+            return self.d_step(real, step, labels)
         return tf.cond((step + 1) % self.d_steps == 0,
-                       lambda: self.train_step(real, step), lambda: self.d_step(real, step))
+                       lambda: self.train_step(real, step, labels), lambda: self.d_step(real, step, labels))
 
-    def _replica_chunk(self, images, start_step, static_steps):
-        """Run the steps of one chunk over ``images`` of shape (k * b, H, W, C); return the
-        sums of :data:`STEP_RESULTS` (a vector in that order) and the first non-finite step.
+    def _replica_chunk(self, batch, start_step, static_steps):
+        """Run the steps of one chunk over ``batch``: images of shape (k * b, H, W, C), or
+        for a conditional pair ``(images, labels)`` with labels (k * b,); return the sums of
+        :data:`STEP_RESULTS` (a vector in that order) and the first non-finite step.
 
         With one replica the steps run in a ``tf.range`` loop (one small graph, any k).
         With several, gradient all-reduces may not sit inside graph control flow, so the
         ``static_steps`` steps are unrolled instead.
         """
         b = self.batch_size // self.replicas
+        images, labels = batch if self.conditional else (batch, None)
         images = tf.reshape(images, tf.concat([[-1, b], tf.shape(images)[1:]], axis=0))
+        if labels is not None:
+            labels = tf.reshape(tf.cast(labels, tf.int32), [-1, b])
         dtype = self.discriminator.compute_dtype
         sums = tf.zeros([len(STEP_RESULTS)], tf.float32)
         first_bad = tf.constant(-1, tf.int64)
@@ -174,7 +199,8 @@ class GAN:
             g_steps = [(i + 1) % self.d_steps == 0 for i in indices]
         for i in indices:
             step = start_step + i
-            results = self._one_step(tf.cast(images[i], dtype), step, None if g_steps is None else g_steps[i])
+            results = self._one_step(tf.cast(images[i], dtype), step, None if labels is None else labels[i],
+                                     None if g_steps is None else g_steps[i])
             values = tf.stack([tf.cast(results[name], tf.float32) for name in STEP_RESULTS])
             finite = tf.reduce_all(tf.math.is_finite(values[:2]))  # the two losses
             first_bad = tf.where((first_bad < 0) & ~finite, step, first_bad)
@@ -182,7 +208,8 @@ class GAN:
         return sums, first_bad
 
     def train_chunk(self, dist_images, start_step: int, steps: int | None = None) -> tuple[dict[str, float], int]:
-        """Run one chunk of ``steps`` steps on every replica.
+        """Run one chunk of ``steps`` steps on every replica (``dist_images``: the chunk's
+        images, or ``(images, labels)`` for a conditional pair).
 
         Returns the sums over the chunk of :data:`STEP_RESULTS` by name (mean over
         replicas), and the first step with a non-finite loss (-1 if none).

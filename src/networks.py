@@ -17,6 +17,16 @@ two builders and one entry there (and its section of settings in ``model``).
 Discriminators return logits (the losses apply the sigmoid in a numerically stable way).
 The generator's last activation follows the data range: tanh for [-1, 1], sigmoid for
 [0, 1]. Final layers run in float32 so that mixed precision keeps outputs and logits exact.
+
+Classes (labelled data, ``data.labels``) are one concept threaded through both families, as
+``c`` in StyleGAN2-ADA, where 0 classes means unconditional and builds exactly the networks
+above. With ``classes`` (their names, by index) the generator takes ``[latent, label]``: a
+learned class vector (:class:`ClassEmbedding`, ``model.class_embedding`` long, carrying the
+class names into every saved generator) is concatenated to the latent. The discriminator
+takes ``[image, label]`` and adds a projection term to its logit (Miyato and Koyama 2018,
+:class:`Projection`): ``D(x, y) = w . phi(x) + embed(y) . phi(x)``, where ``phi(x)`` is
+the features its last layer reads. :func:`generator_classes` reads the names back from a
+generator; :func:`src.sampling.run_generator` calls a generator of either kind.
 """
 from __future__ import annotations
 
@@ -31,17 +41,103 @@ from src.atomic import load_arrays
 from src.weights import assign, network_variables
 from src.config import DataParams, ModelParams, Params
 from src.errors import UserError
+from src.snapshots import CLASSES_KEY  # a snapshot .npz's class names (absent: unconditional)
 
 
 def output_activation(data: DataParams) -> str:
     return "tanh" if data.value_range[0] < 0 else "sigmoid"
 
 
-def _mlp_generator(model: ModelParams, data: DataParams) -> keras.Model:
+# ---------------------------------------------------------------------------- classes
+@keras.saving.register_keras_serializable(package="gan")
+class ClassEmbedding(layers.Embedding):
+    """The generator's class vectors: an Embedding that also holds the class names (in its
+    config, so they travel inside every ``.keras`` file and ``generate`` knows them)."""
+
+    def __init__(self, class_names, output_dim, **kwargs):
+        kwargs.pop("input_dim", None)
+        super().__init__(input_dim=len(class_names), output_dim=output_dim, **kwargs)
+        self.class_names = [str(name) for name in class_names]
+
+    def get_config(self):
+        return {**super().get_config(), "class_names": list(self.class_names)}
+
+
+class Projection(layers.Layer):
+    """The projection discriminator's class term: ``sum(embed(label) * features)``, float32.
+
+    ``spectral_norm`` divides the embedding by its largest singular value, as the paper
+    does with every weight of a spectrally normalized discriminator.
+    """
+
+    def __init__(self, num_classes: int, spectral_norm: bool = False, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.num_classes, self.spectral_norm = num_classes, spectral_norm
+
+    def build(self, input_shape):
+        features = input_shape[0][-1]
+        self.embeddings = self.add_weight(shape=(self.num_classes, features), initializer="glorot_uniform",
+                                          name="embeddings")
+        if self.spectral_norm:
+            self.sn_u = self.add_weight(shape=(1, features), initializer="random_normal", trainable=False,
+                                        name="sn_u", aggregation="only_first_replica")
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "spectral_norm": self.spectral_norm}
+
+    def call(self, inputs, training=None):
+        features, labels = inputs
+        table = _spectral_normalized(self.embeddings, self.sn_u, training) if self.spectral_norm else self.embeddings
+        vectors = ops.take(table, ops.cast(ops.reshape(labels, (-1,)), "int32"), axis=0)
+        return ops.sum(ops.cast(features, "float32") * vectors, axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 1)
+
+
+def _label_input():
+    return keras.Input((), dtype="int32", name="label")
+
+
+def _conditioned_latent(model: ModelParams, classes: tuple[str, ...]):
+    """The generator's inputs and what its first layer reads: the latent, or with classes
+    ``[latent, label]`` and the latent with the class vector concatenated."""
+    z = keras.Input((model.latent_dim,), name="latent")
+    if not classes:
+        return z, z
+    label = _label_input()
+    vector = ClassEmbedding(list(classes), model.class_embedding, name="class_embedding")(label)
+    return [z, label], layers.Concatenate()([z, vector])
+
+
+def _logit_head(inputs, features, num_classes: int, dense, spectral_norm: bool = False) -> keras.Model:
+    """The discriminator's logit from ``features``: one linear unit, plus with classes the projection term."""
+    logit = dense(1, dtype="float32")(features)
+    if not num_classes:
+        return keras.Model(inputs, logit, name="discriminator")
+    label = _label_input()
+    class_term = Projection(num_classes, spectral_norm, name="projection")([features, label])
+    return keras.Model([inputs, label], layers.Add(dtype="float32")([logit, class_term]), name="discriminator")
+
+
+def generator_classes(generator: keras.Model) -> list[str]:
+    """The class names of ``generator`` by index ([] when unconditional)."""
+    for layer in generator.layers:
+        if isinstance(layer, ClassEmbedding):
+            return list(layer.class_names)
+    return []
+
+
+def discriminator_classes(discriminator: keras.Model) -> int:
+    """How many classes ``discriminator`` tells apart (0 when unconditional)."""
+    return next((layer.num_classes for layer in discriminator.layers if isinstance(layer, Projection)), 0)
+
+
+# ---------------------------------------------------------------------------- mlp
+def _mlp_generator(model: ModelParams, data: DataParams, classes: tuple[str, ...] = ()) -> keras.Model:
     p = model.mlp
     shape = (data.image_size, data.image_size, data.channels)
-    z = keras.Input((model.latent_dim,), name="latent")
-    x = z
+    z, x = _conditioned_latent(model, classes)
     for units in p.g_units:
         x = layers.Dense(units)(x)
         x = layers.LeakyReLU(negative_slope=p.leaky_slope)(x)
@@ -51,14 +147,14 @@ def _mlp_generator(model: ModelParams, data: DataParams) -> keras.Model:
     return keras.Model(z, layers.Reshape(shape, dtype="float32")(x), name="generator")
 
 
-def _mlp_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
+def _mlp_discriminator(model: ModelParams, data: DataParams, num_classes: int = 0) -> keras.Model:
     p = model.mlp
     image = keras.Input((data.image_size, data.image_size, data.channels), name="image")
     x = layers.Flatten()(image)
     for units in p.d_units:
         x = layers.Dense(units)(x)
         x = layers.LeakyReLU(negative_slope=p.leaky_slope)(x)
-    return keras.Model(image, layers.Dense(1, dtype="float32")(x), name="discriminator")
+    return _logit_head(image, x, num_classes, layers.Dense)
 
 
 # ---------------------------------------------------------------------------- layers
@@ -124,7 +220,7 @@ class MinibatchStdDev(layers.Layer):
 
 
 # ---------------------------------------------------------------------------- dcgan
-def _dcgan_generator(model: ModelParams, data: DataParams) -> keras.Model:
+def _dcgan_generator(model: ModelParams, data: DataParams, classes: tuple[str, ...] = ()) -> keras.Model:
     p = model.dcgan
     start = data.image_size // 2 ** len(p.g_filters)
 
@@ -133,8 +229,8 @@ def _dcgan_generator(model: ModelParams, data: DataParams) -> keras.Model:
             return layers.ReLU()(x)
         return layers.LeakyReLU(negative_slope=p.leaky_slope)(x)
 
-    z = keras.Input((model.latent_dim,), name="latent")
-    x = layers.Dense(start * start * p.g_filters[0], use_bias=False)(z)
+    z, x = _conditioned_latent(model, classes)
+    x = layers.Dense(start * start * p.g_filters[0], use_bias=False)(x)
     x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
     x = layers.Reshape((start, start, p.g_filters[0]))(x)
     def upsample(x, filters, **kwargs):
@@ -151,7 +247,7 @@ def _dcgan_generator(model: ModelParams, data: DataParams) -> keras.Model:
     return keras.Model(z, image, name="generator")
 
 
-def _dcgan_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
+def _dcgan_discriminator(model: ModelParams, data: DataParams, num_classes: int = 0) -> keras.Model:
     p = model.dcgan
     image = keras.Input((data.image_size, data.image_size, data.channels), name="image")
     conv, dense = (SNConv2D, SNDense) if p.spectral_norm else (layers.Conv2D, layers.Dense)
@@ -164,14 +260,17 @@ def _dcgan_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
         if p.dropout > 0:
             x = layers.Dropout(p.dropout)(x)
     x = layers.Flatten()(x)
-    return keras.Model(image, dense(1, dtype="float32")(x), name="discriminator")
+    return _logit_head(image, x, num_classes, dense, p.spectral_norm)
 
 
 class NetworkFamily(NamedTuple):
-    """A generator and a discriminator builder, each ``(model, data) -> keras.Model``.
+    """A generator and a discriminator builder.
 
-    The generator maps latents (B, latent_dim) to images (B, size, size, channels) in the
-    data range; the discriminator maps images to logits (B, 1), float32.
+    ``generator(model, data, classes)`` maps latents (B, latent_dim) to images (B, size,
+    size, channels) in the data range; ``discriminator(model, data, num_classes)`` maps
+    images to logits (B, 1), float32. With classes (names; a count for D) both also take
+    an int32 label (B,) as a second input: build them with :func:`_conditioned_latent` and
+    :func:`_logit_head`, and 0 classes builds the unconditional networks unchanged.
     """
     generator: Callable[[ModelParams, DataParams], keras.Model]
     discriminator: Callable[[ModelParams, DataParams], keras.Model]
@@ -185,14 +284,16 @@ NETWORKS: dict[str, NetworkFamily] = {
 }
 
 
-def build_generator(model: ModelParams, data: DataParams) -> keras.Model:
-    """latent (B, latent_dim) -> images (B, size, size, channels) in the data range."""
-    return NETWORKS[model.arch].generator(model, data)
+def build_generator(model: ModelParams, data: DataParams, classes=()) -> keras.Model:
+    """latent (B, latent_dim) -> images (B, size, size, channels) in the data range;
+    with ``classes`` (names by index) ``[latent, label (B,) int32]`` -> images."""
+    return NETWORKS[model.arch].generator(model, data, tuple(classes))
 
 
-def build_discriminator(model: ModelParams, data: DataParams) -> keras.Model:
-    """images (B, size, size, channels) -> logits (B, 1), float32."""
-    return NETWORKS[model.arch].discriminator(model, data)
+def build_discriminator(model: ModelParams, data: DataParams, num_classes: int = 0) -> keras.Model:
+    """images (B, size, size, channels) -> logits (B, 1), float32; with ``num_classes``
+    ``[images, label (B,) int32]`` -> logits."""
+    return NETWORKS[model.arch].discriminator(model, data, num_classes)
 
 
 # ---------------------------------------------------------------------------- weights
@@ -208,27 +309,40 @@ def assign_from_arrays(model: keras.Model, arrays: dict[str, np.ndarray], prefix
     assign(network_variables(model, prefix), arrays, source, what="generator file")
 
 
-def load_generator(params: Params, path: str | Path) -> keras.Model:
-    """The generator described by ``params`` with weights from ``path``.
+def snapshot_arrays(generator: keras.Model) -> dict[str, np.ndarray]:
+    """What a generator snapshot ``.npz`` holds: every variable (:func:`variables_to_arrays`)
+    and, for a conditional generator, its class names under :data:`CLASSES_KEY`."""
+    arrays = variables_to_arrays(generator, "g")
+    classes = generator_classes(generator)
+    if classes:
+        arrays[CLASSES_KEY] = np.array(classes, dtype=str)
+    return arrays
 
-    ``path`` is a snapshot ``.npz`` written by training or the exported ``.keras`` model.
-    A missing or corrupt file, or one made for another architecture, is a UserError.
+
+def load_generator(params: Params, path: str | Path) -> keras.Model:
+    """The generator described by ``params`` with weights (and class names) from ``path``.
+
+    ``path`` is a snapshot ``.npz`` written by training or the exported ``.keras`` model;
+    the file says whether the generator is conditional and names its classes. A missing or
+    corrupt file, or one made for another architecture, is a UserError.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: generator file not found (run the train stage first)")
-    generator = build_generator(params.model, params.data)
     if path.suffix == ".keras":
         try:
             loaded = keras.models.load_model(path, compile=False)
         except Exception as exc:  # Keras raises many types for a damaged archive
             raise UserError(f"{path}: cannot load the generator ({type(exc).__name__})") from None
-        arrays = variables_to_arrays(loaded, "g")
+        arrays, classes = variables_to_arrays(loaded, "g"), generator_classes(loaded)
     else:
         try:
             arrays = load_arrays(path)
         except Exception as exc:  # zipfile/numpy errors for truncated or foreign files
             raise UserError(f"{path}: cannot read the generator snapshot ({type(exc).__name__})") from None
+        names = arrays.pop(CLASSES_KEY, None)
+        classes = [str(name) for name in names] if names is not None else []
+    generator = build_generator(params.model, params.data, classes)
     assign_from_arrays(generator, arrays, "g", str(path))
     expected = (params.data.image_size, params.data.image_size, params.data.channels)
     if tuple(generator.output_shape[1:]) != expected:

@@ -10,6 +10,12 @@ epoch shows the same latent point and one digit can be followed across training:
 - ``progress.png``: one row per snapshot (epoch order), the first ``sample.progress_columns``
   latent points; ``progress.gif``: the grids as an animation
 
+A conditional generator (labelled data) draws one row per class instead:
+``sample.grid_columns`` images of class ``c`` in row ``c`` (``Y = c * grid_columns + k``;
+``sample.count`` is then classes x grid_columns), each row with its own fixed latents
+(:func:`src.sampling.grid_inputs`); the progress picture shows the first image of each
+class (up to ``sample.progress_columns`` classes) and ``classes.json`` names the rows.
+
 Grids and the progress pictures show each image enlarged by a whole factor (nearest
 neighbour: every pixel becomes a k x k block, nothing is smoothed) to at least
 ``sample.display_pixels`` pixels, so 28-pixel digits are not stamps in a viewer.
@@ -36,11 +42,12 @@ from src.config import Params
 from src import faults
 from src.errors import UserError
 from src.pictures import display_scale, encode_gif, encode_png, make_grid, read_png
-from src.snapshots import PATTERN, list_snapshots
+from src.snapshots import PATTERN, list_snapshots, read_classes
 
 OUTPUT_RE = re.compile(r"^(generated_image_epoch_\d+_\d+\.png|grid_epoch_\d+\.png)$")
-TEMP_RE = re.compile(r"^\.(generated_image_epoch_|grid_epoch_|progress\.|index\.json).*\.tmp$")
+TEMP_RE = re.compile(r"^\.(generated_image_epoch_|grid_epoch_|progress\.|index\.json|classes\.json).*\.tmp$")
 INDEX = "index.json"
+CLASSES = "classes.json"  # conditional: the class of each grid row
 RENDER_BATCH = 256
 INDEX_VERSION = 1
 
@@ -52,6 +59,17 @@ def image_name(epoch: int, index: int) -> str:
 
 def grid_name(epoch: int) -> str:
     return f"grid_epoch_{epoch:04d}.png"
+
+
+def grid_layout(params: Params, classes: list[str]) -> tuple[int, int, list[int]]:
+    """``(count, columns, progress indices)`` of each snapshot's images: unconditional, the
+    ``sample`` params; conditional, one row of ``grid_columns`` per class, and the progress
+    strip takes the first image of each class."""
+    s = params.sample
+    if not classes:
+        return s.count, s.grid_columns, list(range(min(s.progress_columns, s.count)))
+    rows = min(len(classes), max(s.progress_columns, 1))
+    return len(classes) * s.grid_columns, s.grid_columns, [c * s.grid_columns for c in range(rows)]
 
 
 def snapshot_files(epoch: int, count: int) -> list[str]:
@@ -73,12 +91,15 @@ def find_snapshots(snapshots_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def render_params(params: Params) -> dict:
-    """The params that decide what a snapshot's images look like (recorded in index.json)."""
+def render_params(params: Params, classes: list[str] | None = None) -> dict:
+    """The params (and class names) that decide what a snapshot's images look like (recorded in index.json)."""
     d = params.data
-    return {"seed": params.common.seed, "count": params.sample.count, "grid_columns": params.sample.grid_columns,
-            "latent_dim": params.model.latent_dim, "range": list(d.value_range), "channels": d.channels,
-            "image_size": d.image_size, "scale": display_scale(d.image_size, params.sample.display_pixels)}
+    shape = {"seed": params.common.seed, "count": params.sample.count, "grid_columns": params.sample.grid_columns,
+             "latent_dim": params.model.latent_dim, "range": list(d.value_range), "channels": d.channels,
+             "image_size": d.image_size, "scale": display_scale(d.image_size, params.sample.display_pixels)}
+    if classes:
+        shape["classes"] = list(classes)
+    return shape
 
 
 def _read_index(out_dir: Path) -> dict:
@@ -105,9 +126,11 @@ def render_samples(params: Params, snapshots_dir: Path, out_dir: Path) -> dict:
     snapshots_dir, out_dir = Path(snapshots_dir), Path(out_dir)
     snapshots = find_snapshots(snapshots_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shape = render_params(params)
-    count, channels = params.sample.count, params.data.channels
-    progress_columns = min(params.sample.progress_columns, count)
+    classes = read_classes(snapshots[-1][1])  # one run's snapshots: the same classes
+    shape = render_params(params, classes)
+    count, columns, progress_indices = grid_layout(params, classes)
+    channels = params.data.channels
+    progress_columns = len(progress_indices)
     scale = shape["scale"]
 
     index = _read_index(out_dir)
@@ -133,17 +156,22 @@ def render_samples(params: Params, snapshots_dir: Path, out_dir: Path) -> dict:
                                      "progress": index.get("progress")})
 
     if todo:
-        from src.networks import load_generator  # TensorFlow only when something is to be rendered
-        from src.sampling import latents, to_uint8
+        from src.networks import generator_classes, load_generator  # TensorFlow only when something is to be rendered
+        from src.sampling import grid_inputs, run_generator, to_uint8
 
-        z = latents(count, params.model.latent_dim, params.common.seed)
+        z, labels = grid_inputs(count, columns, len(classes), params.model.latent_dim, params.common.seed)
         for epoch, path, digest in todo:
             generator = load_generator(params, path)
-            images = to_uint8(np.concatenate([np.asarray(generator(z[i:i + RENDER_BATCH], training=False))
-                                              for i in range(0, count, RENDER_BATCH)]), params.data.value_range)
+            if generator_classes(generator) != classes:
+                raise UserError(f"{path}: its classes {generator_classes(generator)} differ from those of "
+                                f"{snapshots[-1][1].name} ({classes}); snapshots of two runs? rerun the train stage")
+            images = to_uint8(np.concatenate([
+                np.asarray(run_generator(generator, z[i:i + RENDER_BATCH],
+                                         None if labels is None else labels[i:i + RENDER_BATCH]))
+                for i in range(0, count, RENDER_BATCH)]), params.data.value_range)
             for i, image in enumerate(images):
                 write_bytes(out_dir / image_name(epoch, i), encode_png(image))
-            write_bytes(out_dir / grid_name(epoch), encode_png(make_grid(images, params.sample.grid_columns, scale=scale)))
+            write_bytes(out_dir / grid_name(epoch), encode_png(make_grid(images, columns, scale=scale)))
             faults.point("render")
             entries[path.name] = {"sha256": digest, "epoch": epoch, "params": shape}
             write_json(out_dir / INDEX, {"version": INDEX_VERSION, "snapshots": dict(sorted(entries.items())),
@@ -164,7 +192,7 @@ def render_samples(params: Params, snapshots_dir: Path, out_dir: Path) -> dict:
     rebuild = (changed or removed or index.get("progress") != progress_state
                or not (out_dir / "progress.png").is_file() or not (out_dir / "progress.gif").is_file())
     if rebuild:
-        rows = [np.stack([read_png(out_dir / image_name(epoch, i), channels) for i in range(progress_columns)])
+        rows = [np.stack([read_png(out_dir / image_name(epoch, i), channels) for i in progress_indices])
                 for epoch, _ in snapshots]
         write_bytes(out_dir / "progress.png", encode_png(make_grid(np.concatenate(rows), progress_columns, scale=scale)))
         frames = [read_png(out_dir / grid_name(epoch), channels) for epoch, _ in snapshots]
@@ -172,5 +200,9 @@ def render_samples(params: Params, snapshots_dir: Path, out_dir: Path) -> dict:
         write_json(out_dir / INDEX, {"version": INDEX_VERSION, "snapshots": dict(sorted(entries.items())),
                                      "progress": progress_state})
 
+    if classes:  # what each grid row shows
+        write_json(out_dir / CLASSES, {"rows": classes, "images_per_row": columns})
+    else:
+        (out_dir / CLASSES).unlink(missing_ok=True)
     return {"rendered": len(todo), "skipped": skipped, "removed": removed, "snapshots": len(snapshots),
-            "progress": bool(rebuild)}
+            "progress": bool(rebuild), "classes": len(classes)}

@@ -38,7 +38,7 @@ from src import checkpoint, faults, runtime, snapshots
 from src.atomic import remove_stale_temps, write_json, write_text
 from src.augment import Augmenter, next_probability
 from src.config import AdamParams, Params, to_dict
-from src.dataset import ShardReader, open_shards
+from src.dataset import ShardReader, class_names, open_shards
 from src.errors import UserError
 from src.gan import GAN, STEP_RESULTS
 from src.keras_file import save_model
@@ -46,7 +46,7 @@ from src.losses import LossOptions, get_loss
 from src.networks import build_discriminator, build_generator
 from src.paths import TrainPaths
 from src.pictures import make_grid
-from src.sampling import latents, to_uint8
+from src.sampling import grid_inputs, num_classes, run_generator, to_uint8
 from src.train_log import TrainLog
 from src.train_log import summary as train_log_summary
 
@@ -72,14 +72,14 @@ def train(params: Params, processed: Path, paths: TrainPaths) -> dict:
     Returns a summary dict (final epoch, last epoch's losses). Raises UserError on bad
     data, a non-finite loss or a stop request (after saving a checkpoint).
     """
-    manifest, shards = open_shards(processed, verify=True)
+    manifest, shards, labels = open_shards(processed, verify=True, with_labels=True)
     _check_shapes(params, manifest, processed)
     strategy = runtime.training_strategy(params.train)
     with runtime.worker_outputs(strategy, paths) as own_paths:  # a non-chief worker writes to scratch
-        return _train(params, strategy, manifest, shards, own_paths, paths.checkpoints)
+        return _train(params, strategy, manifest, ShardReader(shards, labels), own_paths, paths.checkpoints)
 
 
-def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, shards: list, paths: TrainPaths,
+def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, reader: ShardReader, paths: TrainPaths,
            resume_from: Path) -> dict:
     """The body of :func:`train`: writes to ``paths``, resumes from ``resume_from``."""
     t = params.train
@@ -88,8 +88,7 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
         raise UserError(f"params key 'train.batch_size' must be a multiple of the {strategy.num_replicas_in_sync} "
                         f"replicas; got {t.batch_size}")
     env = runtime.environment(t, strategy)
-    gan = build_gan(params, strategy)
-    reader = ShardReader(shards)
+    gan = build_gan(params, strategy, class_names(manifest))
     plan = DataPlan.make(params, reader.count)
     made_with = checkpoint.fingerprint(params, manifest)
     state, resumed = resume(params, gan, made_with, resume_from)
@@ -109,8 +108,9 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, sha
 
 
 # ---------------------------------------------------------------------------- 1. the model
-def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None) -> GAN:
-    """The :class:`GAN` that ``params`` describe, its variables made under ``strategy``'s scope.
+def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None, classes=()) -> GAN:
+    """The :class:`GAN` that ``params`` describe, its variables made under ``strategy``'s scope;
+    conditional on ``classes`` (the data's class names, by index) when there are any.
 
     Call it after :func:`src.runtime.configure` (seeds and precision policy apply at build
     time). The generator, the discriminator and the EMA copy are built in this order, so
@@ -121,9 +121,9 @@ def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None) ->
     loss = get_loss(t.loss, LossOptions(label_smoothing=t.label_smoothing, gp_weight=t.gp_weight))
     augmenter = Augmenter(tuple(t.augment.policy), params.data.value_range) if t.augment.policy else None
     with strategy.scope():
-        generator = build_generator(params.model, params.data)
-        discriminator = build_discriminator(params.model, params.data)
-        ema_generator = build_generator(params.model, params.data)
+        generator = build_generator(params.model, params.data, classes)
+        discriminator = build_discriminator(params.model, params.data, len(classes))
+        ema_generator = build_generator(params.model, params.data, classes)
         g_opt = _optimizer(t.g_optimizer, t.mixed_precision)
         d_opt = _optimizer(t.d_optimizer, t.mixed_precision)
     return GAN(discriminator, generator, params.model.latent_dim, d_optimizer=d_opt, g_optimizer=g_opt, loss=loss,
@@ -279,7 +279,8 @@ class DataPlan:
 
     def batches(self, strategy: tf.distribute.Strategy, reader: ShardReader, first_epoch: int,
                 skip_steps: int) -> Iterator:
-        """Every remaining call's images, in order, as one distributed input pipeline.
+        """Every remaining call's images (with labels: ``(images, labels)``), in order, as one
+        distributed input pipeline.
 
         One pipeline for the whole run (not one per epoch) keeps the prefetch buffer full
         across epoch boundaries. Epoch ``e`` draws its order from ``(seed, e)`` alone, so a
@@ -296,8 +297,15 @@ class DataPlan:
                 for rows in self.rows(first_epoch, skip_steps, replicas, local_batch):
                     yield reader.gather(rows)
 
+            def labelled_calls():
+                for rows in self.rows(first_epoch, skip_steps, replicas, local_batch):
+                    yield reader.gather(rows), reader.gather_labels(rows)
+
             spec = tf.TensorSpec((None,) + tuple(shape), tf.float32)
-            return tf.data.Dataset.from_generator(calls, output_signature=spec).prefetch(2)
+            if reader.labels is None:
+                return tf.data.Dataset.from_generator(calls, output_signature=spec).prefetch(2)
+            spec = (spec, tf.TensorSpec((None,), tf.int32))
+            return tf.data.Dataset.from_generator(labelled_calls, output_signature=spec).prefetch(2)
 
         return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -385,10 +393,11 @@ class Run:
 # ---------------------------------------------------------------------------- helpers
 def _live_grid(params: Params, generator: keras.Model) -> np.ndarray:
     """The train log's picture of a snapshot: the fixed latent batch of the sample stage
-    (``common.seed``), ``LIVE_GRID`` images in a grid, enlarged to about 112 pixels each."""
+    (``common.seed``), ``LIVE_GRID`` images in a grid (conditional: one row per class),
+    enlarged to about 112 pixels each."""
     count, columns, pixels = LIVE_GRID
-    z = latents(count, params.model.latent_dim, params.common.seed)
-    images = to_uint8(np.asarray(generator(z, training=False)), params.data.value_range)
+    z, labels = grid_inputs(count, columns, num_classes(generator), params.model.latent_dim, params.common.seed)
+    images = to_uint8(np.asarray(run_generator(generator, z, labels)), params.data.value_range)
     return make_grid(images, columns, scale=max(1, -(-pixels // params.data.image_size)))
 
 

@@ -48,8 +48,10 @@ def tiny_params(**override):
     return parse_params(tiny_raw(**override))
 
 
-def write_processed(folder: Path, images: np.ndarray, value_range=(-1, 1), shard_size: int = 16) -> Path:
-    """Write ``images`` (N, H, W, C float32) as shards + manifest in the preprocess format."""
+def write_processed(folder: Path, images: np.ndarray, value_range=(-1, 1), shard_size: int = 16,
+                    labels: np.ndarray | None = None, classes: list[str] | None = None) -> Path:
+    """Write ``images`` (N, H, W, C float32) as shards + manifest in the preprocess format;
+    with ``labels`` (N ints) and ``classes`` (names by index) as labelled data."""
     folder.mkdir(parents=True, exist_ok=True)
     shards = []
     for i, start in enumerate(range(0, len(images), shard_size)):
@@ -57,10 +59,36 @@ def write_processed(folder: Path, images: np.ndarray, value_range=(-1, 1), shard
         save_npy(folder / name, images[start:start + shard_size].astype(np.float32))
         shards.append({"file": name, "count": len(images[start:start + shard_size]),
                        "sha256": sha256_file(folder / name)})
-    write_json(folder / "manifest.json", {
-        "count": len(images), "shape": list(images.shape[1:]), "dtype": "float32",
-        "range": list(value_range), "source": "test", "params": {}, "shards": shards})
+        if labels is not None:
+            label_file = f"labels_{i:05d}.npy"
+            save_npy(folder / label_file, np.asarray(labels[start:start + shard_size], np.int32))
+            shards[-1].update(labels=label_file, labels_sha256=sha256_file(folder / label_file))
+    manifest = {"count": len(images), "shape": list(images.shape[1:]), "dtype": "float32",
+                "range": list(value_range), "source": "test", "params": {}, "shards": shards}
+    if labels is not None:
+        manifest["classes"] = list(classes)
+    write_json(folder / "manifest.json", manifest)
     return folder
+
+
+def class_blobs(n: int, size: int = 8, channels: int = 1, value_range=(-1, 1), seed: int = 0):
+    """Labelled images for conditional tests: class 0 a bright square in the top half, class 1
+    in the bottom half, class 2 a bright left column; ``(images, labels, class names)``."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 3).astype(np.int32)
+    rng.shuffle(labels)
+    unit = np.zeros((n, size, size, channels), np.float32)
+    h = size // 2
+    for img, label in zip(unit, labels):
+        x = int(rng.integers(0, h))
+        if label == 0:
+            img[:h, x:x + h] = 1.0
+        elif label == 1:
+            img[h:, x:x + h] = 1.0
+        else:
+            img[:, :2] = 1.0
+    lo, hi = value_range
+    return unit * (hi - lo) + lo, labels, ["top", "bottom", "left"]
 
 
 def blob_images(n: int, size: int = 8, channels: int = 1, value_range=(-1, 1), seed: int = 0) -> np.ndarray:
@@ -77,13 +105,17 @@ def blob_images(n: int, size: int = 8, channels: int = 1, value_range=(-1, 1), s
 @pytest.fixture
 def project(tmp_path):
     """A scratch project folder: params.yaml (tiny), data/processed, and the stage scripts' repo."""
-    def make(images: np.ndarray | None = None, **override) -> Path:
+    def make(images: np.ndarray | None = None, labelled: bool = False, **override) -> Path:
         raw = tiny_raw(**override)
         raw["data"]["folder"] = str(tmp_path)
         params = parse_params(raw)
+        labels = classes = None
+        if labelled:  # class_blobs: three classes
+            images, labels, classes = class_blobs(32, params.data.image_size, params.data.channels,
+                                                  params.data.value_range)
         data = images if images is not None else blob_images(
             32, params.data.image_size, params.data.channels, params.data.value_range)
-        write_processed(tmp_path / "data" / "processed", data, params.data.value_range)
+        write_processed(tmp_path / "data" / "processed", data, params.data.value_range, labels=labels, classes=classes)
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
         return tmp_path
     return make
