@@ -13,6 +13,11 @@ Outputs (chosen by ``--out``):
 - with ``--interpolate STEPS``: one PNG (or ``.npy``) with ``--rows`` rows of STEPS images
   each walking between two latent points (spherical interpolation) drawn from the seed.
 
+A conditional generator (trained on labelled data) knows its class names (they travel
+inside the ``.keras`` file). ``--class NAME|INDEX`` draws that class only; without it, a
+balanced mix of every class (image k of class k mod classes). ``--interpolate`` walks
+within one class per row: the ``--class`` given, or row r in class r mod classes.
+
 Errors (missing or corrupt generator, wrong shape for params.yaml, unwritable output, bad
 argument values) print one line ``error: ...`` on stderr and exit with status 2.
 """
@@ -80,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolate", type=_steps, metavar="STEPS",
                    help="write one picture: rows of STEPS images between two latent points")
     p.add_argument("--rows", type=_positive_int, default=1, help="rows of the --interpolate picture")
+    p.add_argument("--class", dest="class_", metavar="NAME|INDEX",
+                   help="conditional generator: draw this class only (its name, or its index); "
+                        "default: a balanced mix of every class")
     return p
 
 
@@ -157,6 +165,20 @@ def interpolation_latents(rows: int, steps: int, latent_dim: int, seed: int, tru
 
 
 # ---------------------------------------------------------------------------- main
+def class_index(requested: str, classes: list[str], source: Path) -> int:
+    """The index of ``--class`` (a class name, or an index) among the generator's ``classes``."""
+    if not classes:
+        raise UserError(f"{source}: --class needs a conditional generator; this one was trained without "
+                        "labels (set data.labels in params.yaml and train again)")
+    if requested in classes:
+        return classes.index(requested)
+    if requested.isdigit() and int(requested) < len(classes):
+        return int(requested)
+    shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
+    raise UserError(f"--class {requested!r}: not a class of {source} (classes: {shown}; "
+                    f"or an index 0..{len(classes) - 1})")
+
+
 def generator_file(choice: str) -> Path:
     """The file of ``--generator``: 'final' and 'best' name the pipeline's two exports, anything else is a path."""
     from src.paths import Outputs
@@ -185,9 +207,11 @@ def run(argv: list[str] | None = None) -> str:
     as_npy = out.suffix.lower() == ".npy"
     _check_writable(out if (as_npy or args.interpolate is not None) else out / "x")
 
-    from src.networks import load_generator  # TensorFlow loads only after the arguments are valid
+    from src.networks import generator_classes, load_generator  # TensorFlow loads only after the arguments are valid
 
     generator = load_generator(params, generator_path)
+    classes = generator_classes(generator)
+    chosen = None if args.class_ is None else class_index(args.class_, classes, generator_path)
     shape = (params.data.image_size, params.data.image_size, params.data.channels)
     value_range = params.data.value_range
     start = time.perf_counter()
@@ -196,8 +220,15 @@ def run(argv: list[str] | None = None) -> str:
         from src.pictures import encode_png, make_grid
         from src.sampling import to_uint8
 
+        from src.sampling import run_generator
+
         z = interpolation_latents(args.rows, args.interpolate, params.model.latent_dim, seed, args.truncation)
-        images = np.concatenate([np.asarray(generator(z[i:i + args.batch_size], training=False))
+        labels = None
+        if classes:  # each row walks within one class
+            row_class = np.full(args.rows, chosen) if chosen is not None else np.arange(args.rows) % len(classes)
+            labels = np.repeat(row_class, args.interpolate).astype(np.int32)
+        images = np.concatenate([np.asarray(run_generator(generator, z[i:i + args.batch_size],
+                                                          None if labels is None else labels[i:i + args.batch_size]))
                                  for i in range(0, len(z), args.batch_size)])
         _check_shape(images, shape)
         images = to_uint8(images, value_range)
@@ -210,11 +241,13 @@ def run(argv: list[str] | None = None) -> str:
                 out = out / "interpolation.png"
             write_bytes(out, encode_png(make_grid(images, args.interpolate)))
         return (f"generate: {args.rows} x {args.interpolate} interpolation ({shape[0]}x{shape[1]}x{shape[2]}) "
-                f"written to {out} in {time.perf_counter() - start:.1f} s")
+                f"{_which(classes, chosen, per_row=True)}written to {out} in {time.perf_counter() - start:.1f} s")
 
     from src.sampling import generate_batches
 
-    batches = generate_batches(generator, args.n, params.model.latent_dim, seed, args.batch_size, args.truncation)
+    labels = None if chosen is None else np.full(args.n, chosen, np.int32)
+    batches = generate_batches(generator, args.n, params.model.latent_dim, seed, args.batch_size, args.truncation,
+                               labels)
     if as_npy:
         write_npy(batches, out, args.n, shape, value_range)
         what = f"uint8 array {(args.n, *shape)}"
@@ -222,7 +255,17 @@ def run(argv: list[str] | None = None) -> str:
         write_png_folder(batches, out, args.n, shape, value_range)
         what = "PNGs"
     elapsed = time.perf_counter() - start
-    return f"generate: {args.n} images as {what} written to {out} in {elapsed:.1f} s ({args.n / elapsed:.0f} img/s)"
+    return (f"generate: {args.n} images as {what} {_which(classes, chosen)}written to {out} in {elapsed:.1f} s "
+            f"({args.n / elapsed:.0f} img/s)")
+
+
+def _which(classes: list[str], chosen: int | None, per_row: bool = False) -> str:
+    """What the summary line says about classes ('' for an unconditional generator)."""
+    if not classes:
+        return ""
+    if chosen is None:
+        return f"(row r in class r mod {len(classes)}) " if per_row else f"(a balanced mix of {len(classes)} classes) "
+    return f"(class {classes[chosen]!r}) "
 
 
 def _check_writable(target: Path) -> None:
