@@ -26,7 +26,10 @@ FEW = {"num_samples": 200, "batch_size": 100, "kid_subsets": 10, "kid_subset_siz
 
 
 class StubGenerator:
-    """Draws digits; a snapshot 'epoch' controls how noisy they are (later = cleaner)."""
+    """Draws digits; a snapshot 'epoch' controls how noisy they are (later = cleaner).
+    Unconditional: no class embedding among its (no) layers."""
+
+    layers = ()
 
     def __init__(self, noise: float, size: int = 28, channels: int = 1):
         self.noise, self.size, self.channels = noise, size, channels
@@ -50,7 +53,7 @@ def _patch_generator(monkeypatch, size=28, channels=1):
     # the best snapshot's export loads the real network; a stub snapshot is copied as is
     monkeypatch.setattr(best_snapshot, "export_generator", lambda params, snapshot, path: path.write_bytes(
         snapshot.read_bytes()))
-    monkeypatch.setattr(ev, "_generate", lambda g, n, latent_dim, seed, batch_size: g.generate(n, seed))
+    monkeypatch.setattr(ev, "_generate", lambda g, n, latent_dim, seed, batch_size, labels=None: g.generate(n, seed))
 
 
 def _fake_outputs(out, train_log=True):
@@ -183,7 +186,7 @@ def _folder_setup(tmp_path, monkeypatch):
     images, _ = draw_digits(500, seed=3, size=32)
     data = np.repeat(images[..., None].astype(np.float32) / 127.5 - 1.0, 3, axis=-1)
     shards = [data[:300], data[300:]]
-    monkeypatch.setattr(ev, "_open_shards", lambda d: ({"range": [-1, 1]}, shards))
+    monkeypatch.setattr(ev, "_open_shards", lambda d: ({"range": [-1, 1]}, shards, None))
     monkeypatch.setattr(inception, "load_inception", lambda weights: None)
     _patch_generator(monkeypatch, size=32, channels=3)
     folder = tmp_path / "images"
