@@ -119,6 +119,7 @@ def test_mnist_metrics_curve_and_determinism(tmp_path, monkeypatch, mnist_stub, 
     _assert_intervals(metrics, ("fid", "fid_real", "kid", "kid_real", "classifier_score", "classifier_score_real",
                                 "class_kl", "swd", "swd_real"))
     assert metrics["num_samples"] == 200 and metrics["reference"] == "mnist-test"
+    assert not [k for k in metrics if k.startswith(("per_class", "intra_", "cond_accuracy"))]  # unconditional
     assert metrics["feature_net"] == "mnist-cnn"
     assert metrics["d_acc_real"] == 0.72 and metrics["d_acc_fake"] == 0.66
     assert metrics["fid_noise"] > metrics["fid_real"]
@@ -202,6 +203,7 @@ def test_folder_data_random_net_swd_intervals_and_note_without_inception(tmp_pat
     assert "fid" not in metrics and "fid_keras_inception" not in metrics
     assert "inception" in metrics["note"].lower() and metrics["feature_net"] == "random-conv"
     assert metrics["num_samples"] == 200
+    assert not [k for k in metrics if k.startswith(("per_class", "intra_", "cond_accuracy"))]  # unconditional
     assert set(k for k in metrics if k.startswith("swd")) == {
         "swd", "swd_level_32", "swd_level_16", "swd_ci95", "swd_real", "swd_real_level_32", "swd_real_level_16",
         "swd_real_ci95"}
