@@ -19,12 +19,28 @@ available, FID/KID on Keras's InceptionV3 (``fid_keras_inception``: not the 2015
 Inception graph of published FIDs, so not comparable with them). :func:`folder_metrics`
 computes them from image arrays, for benchmarks.
 
+A conditional generator (:func:`src.networks.generator_classes` names its classes) is
+asked for given classes, and the data's labels say which class each reference image is.
+MNIST: a balanced mix of the ten digits (the generator's classes must be the digits; its
+class index is mapped to the digit by name) against the test digits' true labels, and the
+training digits with theirs for the floor. Folders: the classes of half A in order, so
+each class has as many generated images as half A has, against A's labels, and half B
+with its own labels for the floor. The metrics above are then computed on that mix as
+they are; the per-class ones (:mod:`src.metrics.registry`) are added: ``cond_accuracy``
+(MNIST: the share of generated digits the classifier puts in the requested class),
+``intra_fid`` (MNIST) or ``intra_swd`` and ``intra_fd_random`` (folders), each the mean
+over the classes of the class's own distance (class-c images against the reference's
+class-c images), and every class's values under ``per_class.<name>``. A class with fewer
+than 2 images in a set is left out of them, which ``per_class_note`` says. An
+unconditional generator gets none of these keys.
+
 Every quality number has a ``<key>_ci95: {lo, hi}`` 95% interval (:mod:`src.metrics.intervals`).
 Over training: FID (classifier features) or SWD (folder data) with ``curve_samples``
 images for every snapshot in ``outputs/snapshots/``, written to ``outputs/eval_curve.tsv``.
 Every random draw (reference split, latents, KID subsets, SWD patches and projections,
-bootstrap) comes from ``evaluate.seed``, never ``common.seed``: runs of different training
-seeds are measured with the same ruler, and the same inputs give the same bytes.
+bootstraps, per class too) comes from ``evaluate.seed``, never ``common.seed``: runs of
+different training seeds are measured with the same ruler, and the same inputs give the
+same bytes.
 """
 from __future__ import annotations
 
@@ -40,6 +56,7 @@ from src import faults
 from src.errors import UserError
 from src.metrics import classifier as cls
 from src.metrics import ruler
+from src.labels import MNIST_CLASSES
 from src.metrics.registry import GEN, NOISE, SPLIT, EvalData, curve_metric, run_metrics, stream_seed
 from src.paths import OUTPUTS, PROCESSED, Outputs
 from src.snapshots import list_snapshots
@@ -54,8 +71,9 @@ def _load_mnist(mnist_dir: str, split: str):
 
 
 def _open_shards(processed_dir):
+    """``(manifest, shards, labels)`` of the processed data (labels None when unlabelled)."""
     from src.dataset import open_shards
-    return open_shards(processed_dir, verify=True)
+    return open_shards(processed_dir, verify=True, with_labels=True)
 
 
 def _load_generator(params, path):
@@ -63,9 +81,15 @@ def _load_generator(params, path):
     return load_generator(params, path)
 
 
-def _generate(generator, n: int, latent_dim: int, seed: int, batch_size: int) -> np.ndarray:
+def _generator_classes(generator) -> list[str]:
+    from src.networks import generator_classes
+    return generator_classes(generator)
+
+
+def _generate(generator, n: int, latent_dim: int, seed: int, batch_size: int,
+              labels: np.ndarray | None = None) -> np.ndarray:
     from src.sampling import generate_images
-    return generate_images(generator, n, latent_dim, seed, batch_size)
+    return generate_images(generator, n, latent_dim, seed, batch_size, labels=labels)
 
 
 def _keep_best(params, outputs: Outputs, curve: str, write: bool) -> dict:
@@ -102,8 +126,10 @@ def read_train_log(summary_file: Path) -> dict:
     return out
 
 
-def _generate_unit(params, generator, n: int, seed: int) -> np.ndarray:
-    images = _generate(generator, n, params.model.latent_dim, seed, params.evaluate.batch_size)
+def _generate_unit(params, generator, n: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
+    """``n`` images of ``generator`` in [0, 1]; a conditional one draws image k of class
+    ``labels[k]`` (the generator's class indices)."""
+    images = _generate(generator, n, params.model.latent_dim, seed, params.evaluate.batch_size, labels)
     images = np.asarray(images)
     want = (params.data.image_size, params.data.image_size, params.data.channels)
     if images.shape[1:] != want:
@@ -114,6 +140,36 @@ def _generate_unit(params, generator, n: int, seed: int) -> np.ndarray:
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
+
+
+def _class_map(kind: str, generator_classes: list[str], data_classes: list[str], where) -> np.ndarray:
+    """For each class of the data (by index), the conditional generator's index of the class
+    of that name. UserError (one line) when the generator lacks one of the data's classes, or
+    when a conditional MNIST generator's classes are not the ten digits."""
+    if kind == "mnist" and sorted(generator_classes) != sorted(MNIST_CLASSES):
+        shown = ", ".join(repr(name) for name in generator_classes[:12])
+        shown += ", ..." if len(generator_classes) > 12 else ""
+        raise UserError(f"{where}: a conditional MNIST generator must have the ten digit classes '0' to '9' "
+                        f"(data.labels: mnist); it has {len(generator_classes)}: {shown}")
+    index = {name: i for i, name in enumerate(generator_classes)}
+    missing = [name for name in data_classes if name not in index]
+    if missing:
+        raise UserError(f"{where}: the generator has no class {missing[0]!r} of the processed data "
+                        f"({len(missing)} missing); it was trained on other labels: run the train stage again")
+    return np.array([index[name] for name in data_classes], np.int32)
+
+
+def _requested(generator, data: EvalData, n: int, where) -> np.ndarray | None:
+    """The generator's class labels for ``n`` images of ``data``'s generated set (its first
+    ``n`` labels, mapped by name): None for an unconditional generator."""
+    classes = _generator_classes(generator)
+    if not classes:
+        return None
+    if data.labels is None:
+        raise UserError(f"{where}: a conditional generator (classes {', '.join(classes[:5])}"
+                        f"{', ...' if len(classes) > 5 else ''}), but the final generator is unconditional "
+                        "or the data has no labels: run the train stage again")
+    return _class_map(data.kind, classes, data.classes, where)[data.labels[""][:n]]
 
 
 # ---------------------------------------------------------------- the data each kind is measured on
@@ -130,44 +186,67 @@ def _mnist_data(params, outputs: Outputs, rulers: Path, log: Callable[[str], Non
     n = ev.num_samples
     net = ruler.digit_ruler(rulers)
     gen_path = _require_generator(outputs)
-    test_x, _ = _load_mnist(params.data.mnist_dir, "test")
-    train_x, _ = _load_mnist(params.data.mnist_dir, "train")
+    test_x, test_y = _load_mnist(params.data.mnist_dir, "test")
+    train_x, train_y = _load_mnist(params.data.mnist_dir, "train")
     # A seeded shuffle of the test set: its first 5,000 digits come from other writers than
     # the last 5,000 (cleaner), so a prefix would be a biased reference for n < 10,000.
-    test_x = test_x[np.random.default_rng(stream_seed(ev, SPLIT)).permutation(len(test_x))]
+    shuffle = np.random.default_rng(stream_seed(ev, SPLIT)).permutation(len(test_x))
+    test_x = test_x[shuffle]
     ref = cls.to_unit_range(test_x[:n])
     real = cls.to_unit_range(train_x[:n])
+    generator = _load_generator(params, gen_path)
+    gen_classes = _generator_classes(generator)
+    labels, request = None, None
+    if gen_classes:  # conditional: a balanced mix of the digits, and the true labels
+        from src.sampling import balanced_labels
+        labels = {"ref": np.asarray(test_y)[shuffle][:n].astype(np.int32),
+                  "_real": np.asarray(train_y)[:n].astype(np.int32),
+                  "": balanced_labels(n, len(MNIST_CLASSES))}
+        request = _class_map("mnist", gen_classes, MNIST_CLASSES, gen_path)[labels[""]]
     t0 = time.perf_counter()
-    fake = _generate_unit(params, _load_generator(params, gen_path), n, stream_seed(ev, GEN))
+    fake = _generate_unit(params, generator, n, stream_seed(ev, GEN), request)
     noise = np.random.default_rng(stream_seed(ev, NOISE)).random(ref.shape[:1] + (28, 28, 1), dtype=np.float32)
     log(f"evaluate: generated {n} images in {time.perf_counter() - t0:.1f}s")
     data = EvalData(ev, "mnist", ref, {"": fake, "_real": real}, nets={"classifier": net}, extra={"noise": noise},
-                    log=log)
+                    labels=labels, classes=list(MNIST_CLASSES) if labels else [], log=log)
     return data, {"num_samples": int(len(fake)), "reference": "mnist-test", "feature_net": "mnist-cnn"}
 
 
 def _folder_data(params, outputs: Outputs, processed_dir: Path, rulers: Path,
                  log: Callable[[str], None]) -> tuple[EvalData, dict]:
     """Folder data: the processed images split (seeded) into halves A and B; generated images
-    and B against A; the shipped random conv net, and InceptionV3 when its weights are there."""
-    from src.dataset import ShardReader
+    and B against A; the shipped random conv net, and InceptionV3 when its weights are there.
+    A conditional generator draws the classes of A's images, in order."""
+    from src.dataset import ShardReader, class_names
     from src.metrics import inception
 
     ev = params.evaluate
-    manifest, shards = _open_shards(processed_dir)
+    manifest, shards, shard_labels = _open_shards(processed_dir)
     value_range = tuple(float(v) for v in manifest.get("range", params.data.value_range))
     total = int(sum(len(s) for s in shards))
     if total < 8:
         raise UserError(f"{processed_dir}: only {total} images; evaluation needs at least 8")
     half = min(ev.num_samples, total // 2)
     order = np.random.default_rng(stream_seed(ev, SPLIT)).permutation(total)
-    reader = ShardReader(shards)
+    reader = ShardReader(shards, shard_labels)
     real_a = cls.to_unit_range(reader.gather(order[:half]), value_range)
     real_b = cls.to_unit_range(reader.gather(order[half:2 * half]), value_range)
     net = ruler.random_ruler(rulers)
-    fake = _generate_unit(params, _load_generator(params, _require_generator(outputs)), half, stream_seed(ev, GEN))
+    gen_path = _require_generator(outputs)
+    generator = _load_generator(params, gen_path)
+    gen_classes = _generator_classes(generator)
+    labels, classes, request = None, [], None
+    if gen_classes:  # conditional: half A's classes, in order; A's and B's labels
+        if shard_labels is None:
+            raise UserError(f"{gen_path}: the generator is conditional, but {processed_dir} has no labels "
+                            "(data.labels none): run the train stage again")
+        classes = class_names(manifest)
+        labels = {"ref": reader.gather_labels(order[:half]), "_real": reader.gather_labels(order[half:2 * half])}
+        labels[""] = labels["ref"].copy()
+        request = _class_map("folder", gen_classes, classes, gen_path)[labels[""]]
+    fake = _generate_unit(params, generator, half, stream_seed(ev, GEN), request)
     inception_net = inception.load_inception(ev.inception_weights)
-    data = _folder_eval_data(ev, real_a, fake, real_b, net, inception_net, log)
+    data = _folder_eval_data(ev, real_a, fake, real_b, net, inception_net, log, labels, classes)
     meta = {"feature_net": "random-conv" + ("+keras-inception-v3" if inception_net is not None else ""),
             "num_samples": int(half), "reference": "folder-half-a"}
     if inception_net is None:
@@ -178,17 +257,20 @@ def _folder_data(params, outputs: Outputs, processed_dir: Path, rulers: Path,
     return data, meta
 
 
-def _folder_eval_data(ev, reference, fake, real, net, inception_net, log) -> EvalData:
+def _folder_eval_data(ev, reference, fake, real, net, inception_net, log, labels=None, classes=()) -> EvalData:
     sets = {"": np.asarray(fake, np.float32)}
     if real is not None:
         sets["_real"] = np.asarray(real, np.float32)
     net = net if net is not None else ruler.random_ruler()
+    if labels is not None:
+        labels = {k: np.asarray(v, np.int32) for k, v in labels.items() if k == "ref" or k in sets}
     return EvalData(ev, "folder", np.asarray(reference, np.float32), sets,
-                    nets={"random": net, "inception": inception_net}, log=log)
+                    nets={"random": net, "inception": inception_net}, labels=labels, classes=list(classes), log=log)
 
 
 def folder_metrics(ev, reference: np.ndarray, fake: np.ndarray, real: np.ndarray | None = None,
-                   net=None, inception_net=None, log: Callable[[str], None] = _log) -> dict:
+                   net=None, inception_net=None, log: Callable[[str], None] = _log,
+                   labels: dict[str, np.ndarray] | None = None, classes=()) -> dict:
     """The folder metrics of generated images ``fake`` (and a real floor ``real``) against ``reference``.
 
     Images are float32 in [0, 1], (N, H, W, C). ``ev`` is an ``EvaluateParams`` (seed,
@@ -197,8 +279,12 @@ def folder_metrics(ev, reference: np.ndarray, fake: np.ndarray, real: np.ndarray
     ``*_keras_inception`` out. Returns a flat dict: ``fd_random``, ``kd_random``,
     ``kd_random_std``, ``swd``, ``swd_level_<side>``, each with ``_ci95`` (and the same with
     ``_real`` when ``real`` is given). Callable from Python, e.g. by a benchmark.
+
+    Per class: ``labels`` (``"ref"``, ``""`` and, with ``real``, ``"_real"`` -> the class
+    index of each image) and ``classes`` (the names) add ``intra_swd``, ``intra_fd_random``
+    and ``per_class``.
     """
-    return run_metrics(_folder_eval_data(ev, reference, fake, real, net, inception_net, log))
+    return run_metrics(_folder_eval_data(ev, reference, fake, real, net, inception_net, log, labels, classes))
 
 
 def _curve(params, data: EvalData, snapshots: Path, log: Callable[[str], None]) -> str:
@@ -207,7 +293,9 @@ def _curve(params, data: EvalData, snapshots: Path, log: Callable[[str], None]) 
     n = min(params.evaluate.curve_samples, len(data.reference))
     rows = []
     for epoch, path in list_snapshots(snapshots):
-        images = _generate_unit(params, _load_generator(params, path), n, stream_seed(params.evaluate, GEN))
+        generator = _load_generator(params, path)  # a conditional one draws the first n classes of the generated set
+        images = _generate_unit(params, generator, n, stream_seed(params.evaluate, GEN),
+                                _requested(generator, data, n, path))
         rows.append((epoch, metric.curve(data, images)))
         log(f"evaluate: epoch {epoch} {metric.curve_column} {rows[-1][1]:.3f}")
         faults.point("curve")

@@ -32,6 +32,8 @@ def main() -> None:
               f"{metrics['final_curve_score']:.4g}) kept as outputs/generator_best.keras")
     if "note" in metrics:
         print(f"evaluate: note: {metrics['note']}")
+    if "per_class_note" in metrics:
+        print(f"evaluate: note: {metrics['per_class_note']}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def run(tmp_path, monkeypatch):
     params = _params(tmp_path)
     good = _generator(params, 0, colour=[1.5, -1.5, 0.5])
     real = generate_images(good, 200, params.model.latent_dim, seed=123, batch_size=100)
-    monkeypatch.setattr(ev, "_open_shards", lambda d: ({"range": [-1, 1]}, [real[:120], real[120:]]))
+    monkeypatch.setattr(ev, "_open_shards", lambda d: ({"range": [-1, 1]}, [real[:120], real[120:]], None))
 
     out = tmp_path / "outputs"
     snapshots.save(out / "snapshots", 10, _generator(params, 0, colour=[1.5, -1.5, 0.5], perturb=1.0))

@@ -26,7 +26,10 @@ FEW = {"num_samples": 200, "batch_size": 100, "kid_subsets": 10, "kid_subset_siz
 
 
 class StubGenerator:
-    """Draws digits; a snapshot 'epoch' controls how noisy they are (later = cleaner)."""
+    """Draws digits; a snapshot 'epoch' controls how noisy they are (later = cleaner).
+    Unconditional: no class embedding among its (no) layers."""
+
+    layers = ()
 
     def __init__(self, noise: float, size: int = 28, channels: int = 1):
         self.noise, self.size, self.channels = noise, size, channels
@@ -50,7 +53,7 @@ def _patch_generator(monkeypatch, size=28, channels=1):
     # the best snapshot's export loads the real network; a stub snapshot is copied as is
     monkeypatch.setattr(best_snapshot, "export_generator", lambda params, snapshot, path: path.write_bytes(
         snapshot.read_bytes()))
-    monkeypatch.setattr(ev, "_generate", lambda g, n, latent_dim, seed, batch_size: g.generate(n, seed))
+    monkeypatch.setattr(ev, "_generate", lambda g, n, latent_dim, seed, batch_size, labels=None: g.generate(n, seed))
 
 
 def _fake_outputs(out, train_log=True):
@@ -116,6 +119,7 @@ def test_mnist_metrics_curve_and_determinism(tmp_path, monkeypatch, mnist_stub, 
     _assert_intervals(metrics, ("fid", "fid_real", "kid", "kid_real", "classifier_score", "classifier_score_real",
                                 "class_kl", "swd", "swd_real"))
     assert metrics["num_samples"] == 200 and metrics["reference"] == "mnist-test"
+    assert not [k for k in metrics if k.startswith(("per_class", "intra_", "cond_accuracy"))]  # unconditional
     assert metrics["feature_net"] == "mnist-cnn"
     assert metrics["d_acc_real"] == 0.72 and metrics["d_acc_fake"] == 0.66
     assert metrics["fid_noise"] > metrics["fid_real"]
@@ -183,7 +187,7 @@ def _folder_setup(tmp_path, monkeypatch):
     images, _ = draw_digits(500, seed=3, size=32)
     data = np.repeat(images[..., None].astype(np.float32) / 127.5 - 1.0, 3, axis=-1)
     shards = [data[:300], data[300:]]
-    monkeypatch.setattr(ev, "_open_shards", lambda d: ({"range": [-1, 1]}, shards))
+    monkeypatch.setattr(ev, "_open_shards", lambda d: ({"range": [-1, 1]}, shards, None))
     monkeypatch.setattr(inception, "load_inception", lambda weights: None)
     _patch_generator(monkeypatch, size=32, channels=3)
     folder = tmp_path / "images"
@@ -199,6 +203,7 @@ def test_folder_data_random_net_swd_intervals_and_note_without_inception(tmp_pat
     assert "fid" not in metrics and "fid_keras_inception" not in metrics
     assert "inception" in metrics["note"].lower() and metrics["feature_net"] == "random-conv"
     assert metrics["num_samples"] == 200
+    assert not [k for k in metrics if k.startswith(("per_class", "intra_", "cond_accuracy"))]  # unconditional
     assert set(k for k in metrics if k.startswith("swd")) == {
         "swd", "swd_level_32", "swd_level_16", "swd_ci95", "swd_real", "swd_real_level_32", "swd_real_level_16",
         "swd_real_ci95"}

@@ -17,6 +17,12 @@ Two ways, picked per metric by what each costs:
   full-sample value is std(fold values) / sqrt(folds); the interval is the estimate
   +- t(0.975, folds - 1) x that. It costs about one more evaluation of the metric, where
   a bootstrap of KID or SWD would cost ``resamples`` of them.
+- **Mean over classes** (``intra_fid``, ``intra_fd_random``, ``intra_swd``): the classes
+  are disjoint samples measured with independent resamples or folds, so their errors are
+  independent and the standard error of the mean of C per-class values is
+  sqrt(sum of the squared per-class standard errors) / C. :func:`mean_interval` takes each
+  class's half-width (its interval's upper side, never clipped) for 1.96 x its standard
+  error: exact for the bootstrap ones, a little wide for fold ones (t > 1.96).
 
 All functions are pure NumPy, deterministic for a seed, and return intervals as
 ``{"lo": ..., "hi": ...}`` (DVC flattens them to ``fid_ci95.lo``/``fid_ci95.hi`` columns in
@@ -106,10 +112,11 @@ def _resampled_gaussian(moments, counts: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def frechet_intervals(reference: np.ndarray, others: Sequence[np.ndarray], estimates: Sequence[float],
-                      resamples: int, seed: int) -> list[dict[str, float]]:
+                      resamples: int, seed: int | Sequence[int]) -> list[dict[str, float]]:
     """Bootstrap 95% intervals of the Frechet distance of each of ``others`` to ``reference``.
 
-    Each replicate resamples the reference once and every other set, and computes every
+    ``seed``: an int, or a sequence of ints (NumPy's ``default_rng``: e.g. a stream and a
+    class index). Each replicate resamples the reference once and every other set, and computes every
     distance against that one reference resample. ``estimates`` are the full-sample values
     the intervals are centred on. The resampling units are 100 seeded blocks of rows (each
     row its own block in sets of up to 100): a replicate then costs a weighted sum of the
@@ -144,12 +151,23 @@ def frechet_intervals(reference: np.ndarray, others: Sequence[np.ndarray], estim
 
 # ---------------------------------------------------------------------------- statistics of one set
 def bootstrap_interval(samples: np.ndarray, statistic: Callable[[np.ndarray], float], estimate: float,
-                       resamples: int, seed: int, lower: float | None = None) -> dict[str, float]:
+                       resamples: int, seed: int | Sequence[int], lower: float | None = None) -> dict[str, float]:
     """Bootstrap 95% interval of ``statistic`` over the rows of ``samples`` (e.g. class probabilities)."""
     rng = np.random.default_rng(seed)
     n = len(samples)
     values = [statistic(samples[rng.integers(0, n, n)]) for _ in range(resamples)]
     return _interval(estimate, Z975 * float(np.std(values, ddof=1)), lower)
+
+
+# ---------------------------------------------------------------------------- means over classes
+def mean_interval(estimates: Sequence[float], intervals: Sequence[dict[str, float]],
+                  lower: float | None = 0.0) -> dict[str, float]:
+    """95% interval of the mean of independent ``estimates`` (one per class) from their own
+    intervals: mean +- sqrt(sum h_i^2) / k, with h_i = hi_i - estimate_i (the upper half-width,
+    which :func:`_interval` never clips)."""
+    est = np.asarray(estimates, np.float64)
+    half = np.array([ci["hi"] for ci in intervals], np.float64) - est
+    return _interval(float(est.mean()), float(np.sqrt(np.sum(half ** 2))) / len(est), lower)
 
 
 # ---------------------------------------------------------------------------- disjoint folds

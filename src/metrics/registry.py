@@ -14,6 +14,12 @@ data kind, in registration order.
 
 Every random draw comes from ``evaluate.seed`` through :func:`stream_seed`, one stream per
 purpose, so a metric's numbers do not depend on which other metrics ran.
+
+Per-class metrics (a conditional generator: ``EvalData.labels`` set) run only when the
+labels are there and return nothing otherwise, so an unconditional run's keys stay as they
+were. Their per-class values go under one nested key, ``per_class`` (``{class name:
+{key: value}}``, filled by several metrics: :func:`run_metrics` merges it), and their means
+over the classes are flat keys (``intra_*``, ``cond_accuracy``).
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ from src.metrics.kid import kernel_inception_distance, kid_fold_values
 
 # The random streams of evaluate, each seeded from evaluate.seed alone.
 GEN, KID, SWD, NOISE, SPLIT, BOOT, FOLDS = 0, 1, 2, 3, 4, 5, 6
+CLASS_BOOT = 7      # the per-class bootstraps: class c's seed is [stream_seed(ev, CLASS_BOOT), c]
+MIN_CLASS = 2       # images of a class each set needs for its per-class metrics (a covariance needs 2)
 
 
 def stream_seed(ev, stream: int) -> int:
@@ -45,7 +53,9 @@ class EvalData:
 
     ``nets`` holds the feature networks by name (``classifier``, ``random``,
     ``inception``; absent: not available); ``extra`` other image sets a metric may use
-    (``noise``); ``labels`` the class labels of each set (None: unconditional data).
+    (``noise``); ``labels`` the class labels of each set (None: unconditional data or
+    generator): ``"ref"`` and every key of ``sets`` -> int32 (N,), indices into ``classes``
+    (the class names; image k of the generated set was asked for class ``labels[""][k]``).
     Features are computed once per network and set, on first use.
     """
     ev: Any                                 # EvaluateParams
@@ -55,6 +65,7 @@ class EvalData:
     nets: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, np.ndarray] | None = None
+    classes: list[str] = field(default_factory=list)
     log: Callable[[str], None] = print
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -104,8 +115,18 @@ def register_metric(name: str, data: tuple[str, ...], curve: Callable[[EvalData,
     return add
 
 
+def _merge(out: dict, values: dict) -> None:
+    """``out.update(values)``, but a dict already in ``out`` (``per_class``) is merged into, key by key."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            _merge(out[key], value)
+        else:
+            out[key] = value
+
+
 def run_metrics(data: EvalData) -> dict:
-    """Every registered metric for ``data.kind``, in registration order, in one flat dict."""
+    """Every registered metric for ``data.kind``, in registration order, in one flat dict
+    (flat but for ``per_class``, which several metrics fill)."""
     out: dict = {}
     for metric in METRICS.values():
         if data.kind in metric.data:
@@ -113,7 +134,7 @@ def run_metrics(data: EvalData) -> dict:
             values = metric.compute(data)
             if values:
                 data.log(f"evaluate: {metric.name} in {time.perf_counter() - t0:.1f}s")
-            out.update(values)
+            _merge(out, values)
     return out
 
 
@@ -175,6 +196,79 @@ def distances(ev, ref_feats: np.ndarray, feats: dict[str, np.ndarray], fd_key: s
         m[kd_key + k], m[f"{kd_key}{k}_std"] = kid, spread
         m[f"{kd_key}{k}_ci95"] = intervals.fold_interval(kid, values, lower=None)
     return m
+
+
+def _count_key(which: str) -> str:
+    return "count_ref" if which == "ref" else "count" + which
+
+
+def class_subsets(data: EvalData) -> tuple[list[tuple[int, str, dict[str, np.ndarray]]], dict]:
+    """The classes measured one by one, and what ``metrics.json`` says of every class.
+
+    Returns ``(measured, keys)``: ``measured`` lists ``(index, name, {"ref" or set key: row
+    indices})`` for each class with at least :data:`MIN_CLASS` images in the reference and
+    in every set; ``keys`` is ``{"per_class": {name: {"count", "count_ref", "count_real"}}}``
+    for every class, plus ``per_class_note`` naming the classes left out (too few images
+    for a covariance: their entries hold counts only, and the means leave them out).
+    """
+    which = ["ref", *data.sets]
+    measured, skipped, entries = [], [], {}
+    for c, name in enumerate(data.classes):
+        rows = {w: np.flatnonzero(data.labels[w] == c) for w in which}
+        entries[name] = {_count_key(w): int(len(rows[w])) for w in which}
+        if min(len(r) for r in rows.values()) >= MIN_CLASS:
+            measured.append((c, name, rows))
+        else:
+            counts = ", ".join(f"{len(rows[w])} {_SET_NAMES.get(w, w.lstrip('_'))}" for w in which)
+            skipped.append(f"'{name}' ({counts})")
+    keys: dict = {"per_class": entries}
+    if skipped:
+        keys["per_class_note"] = (f"class{'es' if len(skipped) > 1 else ''} {', '.join(skipped)} left out of the "
+                                  f"per-class metrics and their means: fewer than {MIN_CLASS} images in a set")
+    return measured, keys
+
+
+_SET_NAMES = {"ref": "reference", "": "generated"}
+
+
+def per_class_frechet(data: EvalData, net: str, key: str) -> dict:
+    """Per class c: the Frechet distance on ``net``'s features of each set's class-c images to
+    the reference's class-c images (``per_class.<name>.<key><suffix>``, bootstrap interval
+    seeded by class), and the mean over the measured classes (``intra_<key><suffix>``, with
+    :func:`src.metrics.intervals.mean_interval`)."""
+    ev = data.ev
+    measured, m = class_subsets(data)
+    names = list(data.sets)
+    ref = data.features(net, "ref")
+    feats = {k: data.features(net, k) for k in names}
+    values: dict[str, list] = {k: [] for k in names}
+    cis: dict[str, list] = {k: [] for k in names}
+    for c, name, rows in measured:
+        ref_c = ref[rows["ref"]]
+        sets_c = [feats[k][rows[k]] for k in names]
+        ests = [frechet_distance(*feature_stats(x), *feature_stats(ref_c)) for x in sets_c]
+        intervals_c = intervals.frechet_intervals(ref_c, sets_c, ests, ev.bootstrap, [stream_seed(ev, CLASS_BOOT), c])
+        entry = m["per_class"][name]
+        for k, est, ci in zip(names, ests, intervals_c):
+            entry[key + k], entry[f"{key}{k}_ci95"] = est, ci
+            values[k].append(est)
+            cis[k].append(ci)
+    return {**m, **_means(f"intra_{key}", values, cis)}
+
+
+def _means(prefix: str, values: dict[str, list], cis: dict[str, list]) -> dict:
+    out: dict = {}
+    for k in values:
+        if values[k]:
+            out[prefix + k] = float(np.mean(values[k]))
+            out[f"{prefix}{k}_ci95"] = intervals.mean_interval(values[k], cis[k])
+    return out
+
+
+def _share_interval(hits: np.ndarray, ev, seed) -> dict:
+    """Bootstrap 95% interval of the share of ``hits`` (0/1), within [0, 1]."""
+    ci = intervals.bootstrap_interval(hits, np.mean, float(hits.mean()), ev.bootstrap, seed, lower=0.0)
+    return {"lo": ci["lo"], "hi": min(ci["hi"], 1.0)}
 
 
 def _curve_samples(data: EvalData) -> int:
@@ -256,3 +350,60 @@ def fid_keras_inception(data: EvalData) -> dict:
         return {}
     feats = {k: data.features("inception", k) for k in data.sets}
     return distances(data.ev, data.features("inception", "ref"), feats, "fid_keras_inception", "kid_keras_inception")
+
+
+# ---------------------------------------------------------------- per class (a conditional generator)
+@register_metric("cond_accuracy", data=("mnist",))
+def cond_accuracy(data: EvalData) -> dict:
+    """The share of images the digit classifier puts in the class they were asked for
+    (``cond_accuracy``; ``_real``: its accuracy on the real training digits), with a bootstrap
+    interval, overall and per class."""
+    if data.labels is None:
+        return {}
+    ev, m = data.ev, {}
+    measured, keys = class_subsets(data)
+    for suffix in data.sets:
+        probs = data.outputs("classifier", suffix)[1]
+        hits = (np.argmax(probs, axis=1) == data.labels[suffix]).astype(np.float64)
+        m["cond_accuracy" + suffix] = float(hits.mean())
+        m[f"cond_accuracy{suffix}_ci95"] = _share_interval(hits, ev, stream_seed(ev, BOOT))
+        for c, name, rows in measured:
+            entry = keys["per_class"][name]
+            entry["cond_accuracy" + suffix] = float(hits[rows[suffix]].mean())
+            entry[f"cond_accuracy{suffix}_ci95"] = _share_interval(hits[rows[suffix]], ev,
+                                                                   [stream_seed(ev, CLASS_BOOT), c])
+    return {**keys, **m}
+
+
+@register_metric("intra_fid", data=("mnist",))
+def intra_fid(data: EvalData) -> dict:
+    """FID per class on the digit classifier's features (generated digits of class c against
+    the test digits of class c), and their mean ``intra_fid`` (``_real``: training digits)."""
+    return {} if data.labels is None else per_class_frechet(data, "classifier", "fid")
+
+
+@register_metric("intra_swd", data=("folder",))
+def intra_swd(data: EvalData) -> dict:
+    """SWD per class (each set's class-c images against half A's, settings and intervals as
+    ``swd``), and their mean ``intra_swd``."""
+    if data.labels is None:
+        return {}
+    measured, m = class_subsets(data)
+    names = list(data.sets)
+    values: dict[str, list] = {k: [] for k in names}
+    cis: dict[str, list] = {k: [] for k in names}
+    for _, name, rows in measured:
+        result = swd_with_intervals(data.ev, data.reference[rows["ref"]], {k: data.sets[k][rows[k]] for k in names})
+        entry = m["per_class"][name]
+        for k in names:
+            entry["swd" + k], entry[f"swd{k}_ci95"] = result["swd" + k], result[f"swd{k}_ci95"]
+            values[k].append(result["swd" + k])
+            cis[k].append(result[f"swd{k}_ci95"])
+    return {**m, **_means("intra_swd", values, cis)}
+
+
+@register_metric("intra_fd_random", data=("folder",))
+def intra_fd_random(data: EvalData) -> dict:
+    """Frechet distance per class on the random conv net's features (as ``fd_random``), and
+    their mean ``intra_fd_random``."""
+    return {} if data.labels is None else per_class_frechet(data, "random", "fd_random")
