@@ -17,8 +17,9 @@ def main() -> None:
 
     outputs = Outputs()
     s = render_samples(params, outputs.snapshots, outputs.samples)
+    rows = f"; one grid row per class ({s['classes']}, named in classes.json)" if s["classes"] else ""
     print(f"sample: {s['snapshots']} snapshots, {s['rendered']} rendered, {s['skipped']} unchanged, "
-          f"{s['removed']} stale files removed; progress {'rebuilt' if s['progress'] else 'unchanged'}; "
+          f"{s['removed']} stale files removed; progress {'rebuilt' if s['progress'] else 'unchanged'}{rows}; "
           f"images in {outputs.samples}")
 
 

@@ -5,6 +5,10 @@ running the train stage's code on the same tiny shards: the chief (worker 0) thr
 ``dvc repro``, the other with ``python stages/train.py`` from its own copy of the project,
 whose ``outputs/checkpoints`` is a link to the chief's (the storage every worker can read).
 
+The tiny MNIST data is labelled (``data.labels: mnist``), so the workers train the
+conditional networks: labelled batches, the class embedding and the projection head are
+all-reduced across processes like every other variable.
+
 Run them alone with ``pytest -m multiworker``.
 """
 from __future__ import annotations
@@ -110,6 +114,7 @@ def template(tmp_path_factory):
     root = build_project(tmp_path_factory.mktemp("mw-template") / "project")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"].update(TRAIN)
+    params["data"]["labels"] = "mnist"  # the conditional networks, labels through every worker
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = dvc(root, "repro", "preprocess")
     assert result.returncode == 0, result.output[-3000:]
@@ -139,6 +144,10 @@ def test_only_the_chief_writes_and_both_finish(two_workers):
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["generator_epoch_0002.npz",
                                                                       "generator_epoch_0004.npz"]
     assert (out / "generator.keras").is_file() and sorted(loss_columns(chief)) == [1, 2, 3, 4]
+    import keras
+    from src.networks import generator_classes
+    assert generator_classes(keras.models.load_model(out / "generator.keras", compile=False)) == \
+        [str(d) for d in range(10)]  # the conditional generator, trained across both processes
     env = json.loads((out / "environment.json").read_text())
     assert (env["workers"], env["replicas"], env["strategy"]) == (2, 2, "MultiWorkerMirroredStrategy"), env
     # The other worker wrote nothing of its own outputs: its outputs/ holds only the link to the

@@ -147,7 +147,7 @@ def test_names_grid_and_progress(tmp_path):
     (snap / "notes.txt").write_text("not a snapshot")
     out = tmp_path / "out"
     summary = render_samples(params, snap, out)
-    assert summary == {"rendered": 2, "skipped": 0, "removed": 0, "snapshots": 2, "progress": True}
+    assert summary == {"rendered": 2, "skipped": 0, "removed": 0, "snapshots": 2, "progress": True, "classes": 0}
     expected = {f"generated_image_epoch_{e:04d}_{i}.png" for e in (2, 10) for i in range(6)}
     expected |= {"grid_epoch_0002.png", "grid_epoch_0010.png", "progress.png", "progress.gif", "index.json"}
     assert outputs(out) == expected
