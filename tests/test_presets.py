@@ -31,8 +31,9 @@ def _keys(name: str) -> set[tuple[str, ...]]:
     return set(presets.overlay(preset_text, shown))
 
 
-def test_the_six_presets_exist():
-    assert NAMES == ["folder-128", "folder-cond", "folder-fast", "mnist-cond", "mnist-dcgan", "mnist-default"]
+def test_the_seven_presets_exist():
+    assert NAMES == ["folder-128", "folder-cond", "folder-fast", "mnist-cond", "mnist-dcgan", "mnist-default",
+                     "mnist-original"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -116,7 +117,7 @@ def test_make_style_command_line_switches_and_reports(tmp_path):
                                         str(tmp_path / "params.yaml")], capture_output=True, text=True, cwd=REPO)
     result = run("mnist-dcgan")
     assert result.returncode == 0, result.stderr
-    assert "6 of the 7 keys presets/mnist-dcgan.yaml sets changed" in result.stdout
+    assert "7 of the 7 keys presets/mnist-dcgan.yaml sets changed" in result.stdout
     result = run("folder-fast")  # straight from one preset to another: the first one's batch_size stays
     assert result.returncode == 0 and "note: train.batch_size (set by other presets" in result.stdout
     assert run("mnist-default").returncode == 0
