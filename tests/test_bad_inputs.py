@@ -150,7 +150,7 @@ def test_bad_files_are_used_or_skipped_with_a_reason_by_the_stage(corpus, tmp_pa
     corpus, good, bad = corpus
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"].update(source="folder", folder=str(corpus), image_size=16, channels=3, range=[0, 1],
-                       shard_size=4, workers=2)
+                       shard_size=4, workers=2, labels="none")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     result = run_stage(tmp_path, "preprocess", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -446,7 +446,8 @@ def test_paths_in_params_cannot_make_a_stage_write_outside_data_and_outputs(tmp_
     mnist = elsewhere / "mnist"
     rng = np.random.default_rng(0)
     digits = rng.integers(0, 256, (20, 28, 28), np.uint8)
-    write_mnist(mnist, (digits, np.zeros(20, np.uint8)), (digits, np.zeros(20, np.uint8)))
+    digit_labels = (np.arange(20) % 10).astype(np.uint8)  # every class present (the default reads labels)
+    write_mnist(mnist, (digits, digit_labels), (digits, digit_labels))
     pictures = elsewhere / "pictures"
     pictures.mkdir()
     for i in range(5):
@@ -458,7 +459,7 @@ def test_paths_in_params_cannot_make_a_stage_write_outside_data_and_outputs(tmp_
     # One path relative and climbing out of the project, the other absolute.
     raw["data"].update(mnist_dir="../elsewhere/mnist", folder=str(pictures), shard_size=8)
     if source == "folder":
-        raw["data"].update(source="folder", image_size=16, channels=3, range=[0, 1], workers=1)
+        raw["data"].update(source="folder", image_size=16, channels=3, range=[0, 1], workers=1, labels="none")
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     before = _all_files(tmp_path)
     result = run_stage(project, "preprocess", timeout=120)

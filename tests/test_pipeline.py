@@ -237,15 +237,18 @@ def test_mnist_pipeline_end_to_end(mnist):
     assert not (outputs / "classifier").exists() and "Epoch 1/" not in out
     assert _tree(root / "data" / "rulers") == _tree(REPO / "data" / "rulers")
     samples = _files(outputs / "samples")
-    for epoch in (2, 4):
+    for epoch in (2, 4):  # the default is conditional: one row of grid_columns (8) images per digit
         assert f"grid_epoch_{epoch:04d}.png" in samples
-        assert sum(n.startswith(f"generated_image_epoch_{epoch:04d}_") for n in samples) == 32
+        assert sum(n.startswith(f"generated_image_epoch_{epoch:04d}_") for n in samples) == 10 * 8
     assert "progress.png" in samples
+    assert json.loads((outputs / "samples" / "classes.json").read_text())["rows"] == [str(d) for d in range(10)]
+    assert manifest["classes"] == [str(d) for d in range(10)]
 
     metrics = project.metrics()
-    for key in ("fid", "kid", "classifier_score", "coverage", "class_kl"):
+    for key in ("fid", "kid", "classifier_score", "coverage", "class_kl", "cond_accuracy", "intra_fid"):
         assert isinstance(metrics[key], (int, float)), key
         assert isinstance(metrics[key + "_real"], (int, float)), key + "_real"
+    assert sorted(metrics["per_class"]) == [str(d) for d in range(10)]
     assert metrics["num_samples"] == 64 and metrics["feature_net"] == "mnist-cnn"
     curve = (outputs / "eval_curve.tsv").read_text().splitlines()
     assert curve[0] == "epoch\tfid" and [line.split("\t")[0] for line in curve[1:]] == ["2", "4"]
@@ -280,7 +283,7 @@ def test_plots_page(mnist):
 
 
 @pytest.mark.parametrize("key, old, new, expected", [
-    ("sample.count", 32, 8, {"scan", "sample"}),
+    ("sample.grid_columns", 8, 4, {"scan", "sample"}),
     # A seed sweep keeps the yardstick: the shipped rulers are never retrained.
     ("common.seed", 42, 43, {"scan", "preprocess", "train", "sample", "evaluate"}),
     ("evaluate.num_samples", 64, 48, {"scan", "evaluate"}),
@@ -301,8 +304,8 @@ def test_changing_one_param_reruns_only_its_readers(mnist, key, old, new, expect
     project.git("commit", "-q", "-am", f"{key}={new}")
 
     samples = project.root / "outputs" / "samples"
-    if key == "sample.count":  # re-rendered with 8 images per snapshot, stale ones removed
-        assert sum(n.startswith("generated_image_epoch_0002_") for n in _files(samples)) == 8
+    if key == "sample.grid_columns":  # re-rendered with 4 images per digit, stale ones removed
+        assert sum(n.startswith("generated_image_epoch_0002_") for n in _files(samples)) == 10 * 4
     if key == "common.seed":
         assert _tree(project.root / "data" / "rulers") == rulers_before
     if key == "evaluate.num_samples":
