@@ -26,6 +26,7 @@ from src.pictures import PAD, read_png
 from src.render import render_samples
 from src.sampling import balanced_labels, grid_inputs, run_generator, to_uint8
 from src.training_loop import DataPlan, build_gan
+from test_train import _assert_same_state, _copy_project, _final_state
 
 CLASSES = ["top", "bottom", "left"]
 
@@ -129,25 +130,18 @@ def test_labelled_run_resumes_to_the_same_weights(project, tmp_path_factory, var
     straight = project(labelled=True, **override)
     first = run_stage(straight, "train")
     assert first.returncode == 0, first.stderr
-    reference = load_arrays(sorted((straight / "outputs" / "checkpoints").glob("ckpt_*.npz"))[-1])
+    reference = _final_state(straight)
     assert any("projection" in key for key in reference) and any("class_embedding" in key for key in reference)
 
-    other = tmp_path_factory.mktemp("resumed")
-    for item in ("params.yaml", "data"):
-        (other / item).parent.mkdir(exist_ok=True)
-    import shutil
-    shutil.copytree(straight / "data", other / "data")
-    text = (straight / "params.yaml").read_text()
+    other = _copy_project(straight, tmp_path_factory.mktemp("resumed"))
+    text = (other / "params.yaml").read_text()
     (other / "params.yaml").write_text(text.replace("epochs: 2", "epochs: 1"))
     assert run_stage(other, "train").returncode == 0
     (other / "params.yaml").write_text(text)
     second = run_stage(other, "train")
     assert second.returncode == 0, second.stderr
     assert "resuming from" in second.stderr + second.stdout
-    resumed = load_arrays(sorted((other / "outputs" / "checkpoints").glob("ckpt_*.npz"))[-1])
-    assert sorted(resumed) == sorted(reference)
-    for key in reference:
-        np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+    _assert_same_state(reference, _final_state(other))
 
 
 def test_new_labels_for_the_same_images_start_fresh(project):
