@@ -1,11 +1,18 @@
-"""Augmentation on a small folder: quality against training minutes, off / fixed / adaptive.
+Recipes on a small folder: quality against training images (and minutes), side by side.
 
 For the full folder and for a seeded subset of it (``--subsets``), trains the folder-fast
-preset three ways, at the same number of training images each:
+preset in several variants (``--variants``; each a set of params changes, :data:`VARIANTS`):
 
 - ``off``: no augmentation;
-- ``fixed``: DiffAugment (colour, translation, cutout on every image D sees, p = 1);
-- ``adaptive``: the same ops with ADA's probability, starting at 0, steered to r_t = 0.6.
+- ``fixed``: DiffAugment (colour, translation, cutout on every image D sees, p = 1): the preset;
+- ``adaptive``: the same ops with ADA's probability, starting at 0, steered to r_t = 0.6;
+- ``half``: the preset with half the channels in both networks (about 2x the img/s);
+- ``r1``: the preset plus a lazy R1 penalty on real images (``train.r1_gamma``).
+
+Every run trains ``--kimg`` thousand images, times its own factor from ``--scale``
+(``half=2.1``: the images that variant trains in the preset's minutes, by the img/s ratio
+``bench_levers.py`` measured), so the runs can be compared at equal images and, through the
+scale, at equal minutes, whatever else the machine is doing.
 
 Every ``--every`` epochs a generator snapshot is scored against the *whole* folder (not
 the training subset: a generator that only copies its 300 images should not score well),
@@ -36,10 +43,22 @@ from conftest import merge  # noqa: E402
 from src.config import parse_params  # noqa: E402
 from src.presets import preset_params  # noqa: E402
 
-MODES = {
-    "off": {"policy": []},
-    "fixed": {"policy": ["color", "translation", "cutout"], "probability": 1.0, "adaptive": False},
-    "adaptive": {"policy": ["color", "translation", "cutout"], "probability": 0.0, "adaptive": True},
+_AUG = ["color", "translation", "cutout"]
+
+
+def _half(raw: dict) -> dict:
+    d = raw["model"]["dcgan"]
+    return {"model": {"dcgan": {"g_filters": [f // 2 for f in d["g_filters"]],
+                                "d_filters": [f // 2 for f in d["d_filters"]]}}}
+
+
+# Each variant: the params changes it makes to the preset (a function of the preset's params).
+VARIANTS = {
+    "off": lambda raw: {"train": {"augment": {"policy": []}}},
+    "fixed": lambda raw: {"train": {"augment": {"policy": _AUG, "probability": 1.0, "adaptive": False}}},
+    "adaptive": lambda raw: {"train": {"augment": {"policy": _AUG, "probability": 0.0, "adaptive": True}}},
+    "half": _half,
+    "r1": lambda raw: {"train": {"r1_gamma": 0.1}},
 }
 METRIC_SEED = 20240101  # the yardstick: fixed, whatever the run's seed
 
@@ -76,13 +95,14 @@ def train_runs(args, keep: Path) -> None:
         raw = merge(base, {"data": {"folder": str(folder)}})
         processed = keep / f"processed{subset}"
         preprocess(parse_params(raw).data, 0, processed)
-        for mode in args.modes:
+        for mode in args.variants:
             t = raw["train"]
             images_per_epoch = args.steps * t["batch_size"]  # the same epoch length for every subset
-            epochs = max(args.every, round(args.kimg * 1000 / images_per_epoch / args.every) * args.every)
-            over = {"train": {"epochs": epochs, "checkpoint_every": epochs, "steps_per_epoch": args.steps,
-                              "augment": merge(t["augment"], MODES[mode])},
-                    "sample": {"every_epochs": args.every}}
+            kimg = args.kimg * args.scale.get(mode, 1.0)
+            epochs = max(args.every, round(kimg * 1000 / images_per_epoch / args.every) * args.every)
+            over = merge(VARIANTS[mode](raw), {"train": {"epochs": epochs, "checkpoint_every": epochs,
+                                                         "steps_per_epoch": args.steps},
+                                               "sample": {"every_epochs": args.every}})
             out = keep / f"run-{subset}-{mode}"
             (out).mkdir(parents=True, exist_ok=True)
             (out / "params.yaml").write_text(yaml.safe_dump(merge(raw, over)))
@@ -104,7 +124,7 @@ def score_runs(args, keep: Path) -> list[dict]:
     reference = to_unit_range(np.concatenate([np.asarray(s) for s in shards]), (0.0, 1.0))
     rows = []
     for subset in args.subsets:
-        for mode in args.modes:
+        for mode in args.variants:
             out = keep / f"run-{subset}-{mode}"
             params = parse_params(yaml.safe_load((out / "params.yaml").read_text()))
             net = ruler.random_ruler()
@@ -125,7 +145,10 @@ def main() -> None:
     parser.add_argument("--preset", default="folder-fast", help="preset under presets/ (default folder-fast)")
     parser.add_argument("--subsets", type=lambda s: [int(x) for x in s.split(",")], default=[0, 300],
                         help="training set sizes; 0 = the whole folder (default 0,300)")
-    parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
+    parser.add_argument("--variants", type=lambda s: s.split(","), default=["off", "fixed", "adaptive"],
+                        help=f"comma-separated, of {', '.join(VARIANTS)} (default off,fixed,adaptive)")
+    parser.add_argument("--scale", type=lambda s: {k: float(v) for k, v in (p.split("=") for p in s.split(","))},
+                        default={}, help="per-variant factor on --kimg, e.g. half=2.1 (equal minutes)")
     parser.add_argument("--kimg", type=float, default=100, help="thousands of training images per run")
     parser.add_argument("--steps", type=int, default=44, help="steps per epoch, for every subset (default 44: "
                                                                   "one pass over 1,432 images at batch 32)")
@@ -143,10 +166,10 @@ def main() -> None:
     header = list(rows[0])
     Path(args.out).write_text("\n".join(["\t".join(header)] + ["\t".join(str(r[k]) for k in header)
                                                                 for r in rows]) + "\n")
-    print("\n| training images | augmentation | kimg | minutes | FD (random conv) | SWD x1e3 | best FD on the way |")
+    print("\n| training images | variant | kimg | minutes | FD (random conv) | SWD x1e3 | best FD on the way |")
     print("|---|---|---|---|---|---|---|")
     for subset in args.subsets:
-        for mode in args.modes:
+        for mode in args.variants:
             mine = [r for r in rows if r["mode"] == mode and r["images"] == (subset or rows[0]["images"])]
             if mine:
                 last = mine[-1]

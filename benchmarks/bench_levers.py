@@ -8,8 +8,9 @@ Speed only: a lever that wins here must still show that quality per image holds
   of load on a shared machine hits every variant alike: the preset; batch 64 and 128 (learning
   rates scaled by the square root of the batch ratio; about the same images per compiled
   call); half the channels; no augmentation; XLA (``jit_compile``: fuses element-wise ops);
-- thread pools (fixed when TensorFlow starts, so one process each, run in alternating
-  rounds): intra-op x inter-op threads.
+- process settings (fixed when TensorFlow starts, so one process each, run in alternating
+  rounds): intra-op x inter-op threads, and ``train.malloc_top_pad_mb`` (the memory glibc
+  keeps for the next step; 0 = glibc's defaults, as before it existed).
 
 Prints img/s (best window and median) and the ratio to the preset.
 
@@ -98,6 +99,7 @@ def part_levers(args) -> dict:
 
     raw = load_preset(args.preset)
     params = parse_params(raw)
+    runtime.retain_freed_memory(params.train.malloc_top_pad_mb)
     runtime.set_cpu_threads(params.train.intra_op_threads, params.train.inter_op_threads)
     runtime.configure(params.train, params.common.seed)
     gans, real = {}, {}
@@ -114,6 +116,7 @@ def part_threads(args) -> dict:
     raw["train"]["intra_op_threads"], raw["train"]["inter_op_threads"] = args.threads
     raw["train"]["steps_per_call"] = IMAGES_PER_CALL // raw["train"].get("batch_size", 32)
     params = parse_params(raw)
+    runtime.retain_freed_memory(args.pad)
     runtime.set_cpu_threads(*args.threads)
     runtime.configure(params.train, params.common.seed)
     gan, k, b, real = _build(raw)
@@ -139,10 +142,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating windows per variant")
     parser.add_argument("--window", type=float, default=8.0, help="seconds per window (at least one call)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the thread processes (0: skip)")
-    parser.add_argument("--thread-pairs", default="1x2,2x1,1x1,0x0",
-                        help="intra x inter thread pairs to compare (0: TensorFlow's default)")
+    parser.add_argument("--processes", default="1x2:0,1x2:64,0x0:64,1x1:64,2x1:64",
+                        help="process settings to compare, intra x inter threads : malloc_top_pad_mb "
+                             "(threads 0: TensorFlow's default; pad 0: glibc's defaults); the first is the reference")
     parser.add_argument("--part", choices=["levers", "threads"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--pad", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1 or args.window <= 0:
         raise SystemExit("error: --repeats must be at least 1 and --window above 0")
@@ -161,17 +166,19 @@ def main() -> None:
     print("| variant | img/s best | img/s median | vs preset | windows |\n|---|---|---|---|---|")
     for name, values in levers.items():
         print(_row(name, values, base), flush=True)
-    pairs = [tuple(int(x) for x in p.split("x")) for p in args.thread_pairs.split(",")] if args.rounds else []
-    threads = {p: [] for p in pairs}
+    settings = [(*map(int, p.split(":")[0].split("x")), int(p.split(":")[1])) for p in args.processes.split(",")]
+    settings = settings if args.rounds else []
+    rates = {s: [] for s in settings}
     for _ in range(args.rounds):
-        for pair in pairs:
-            threads[pair] += _child(["--part", "threads", "--threads", *map(str, pair), *common])["x"]
-    if threads:
-        ref = max(threads[pairs[0]])
-        print(f"\n| threads intra x inter | img/s best | img/s median | vs {pairs[0][0]}x{pairs[0][1]} | windows |")
+        for s in settings:
+            rates[s] += _child(["--part", "threads", "--threads", str(s[0]), str(s[1]), "--pad", str(s[2]),
+                                *common])["x"]
+    if rates:
+        ref = max(rates[settings[0]])
+        print(f"\n| threads intra x inter, malloc_top_pad_mb | img/s best | img/s median | vs the first | windows |")
         print("|---|---|---|---|---|")
-        for pair, values in threads.items():
-            print(_row(f"{pair[0]} x {pair[1]}", values, ref))
+        for (intra, inter, pad), values in rates.items():
+            print(_row(f"{intra} x {inter}, {pad}", values, ref), flush=True)
     print(f"\n({time.perf_counter() - start:.0f} s in all)")
 
 

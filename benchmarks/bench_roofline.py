@@ -217,6 +217,7 @@ def part_step(args) -> dict:
 
     raw = load_preset(args.preset)
     params = parse_params(raw)
+    runtime.retain_freed_memory(params.train.malloc_top_pad_mb)
     runtime.set_cpu_threads(params.train.intra_op_threads, params.train.inter_op_threads)
     policy = runtime.configure(params.train, params.common.seed)
     _scope_augmentation()

@@ -125,10 +125,12 @@ def fingerprint(params: Params, manifest: dict) -> dict:
 
     ``train.epochs`` is left out on purpose: raising it continues a finished run, which
     gives the same weights as one run to the new count. How often checkpoints are kept
-    and the sample schedule do not change the weights either.
+    and the sample schedule do not change the weights either, nor does how the C library
+    hands memory back (``train.malloc_top_pad_mb``).
     """
     train = {k: v for k, v in to_dict(params.train).items()
-             if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout", "tensorboard")}
+             if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout", "tensorboard",
+                           "malloc_top_pad_mb")}
     shards = [s["sha256"] for s in manifest["shards"]]
     data = {k: v for k, v in to_dict(params.data).items() if k in ("image_size", "channels", "range")}
     model = to_dict(params.model)

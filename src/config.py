@@ -168,6 +168,8 @@ class TrainParams:
     loss: str = _spec("nsgan", choices=LOSS_NAMES)
     gp_weight: float = _spec(10.0, check=at_least(0.0))
     label_smoothing: float = _spec(0.0, check=between(0.0, 0.5))
+    r1_gamma: float = _spec(0.0, check=at_least(0.0))
+    r1_every: int = _spec(16, check=at_least(1))
     d_steps: int = _spec(1, check=at_least(1))
     g_optimizer: AdamParams = field(default_factory=AdamParams)
     d_optimizer: AdamParams = field(default_factory=AdamParams)
@@ -184,6 +186,7 @@ class TrainParams:
     tensorboard: bool = False
     intra_op_threads: int = _spec(0, check=at_least(0))
     inter_op_threads: int = _spec(0, check=at_least(0))
+    malloc_top_pad_mb: int = _spec(64, check=at_least(0))
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ class GAN:
             g_input = z if labels is None else [z, labels]
             fake = self.augment(self.generator(g_input, training=True), step, Draw.AUGMENT_FAKE)  # G's gradient flows through
             seen = LossInputs(critic, real, fake, critic(real, training=True), critic(fake, training=True),
-                              self.draw_seed(step, Draw.LOSS), labels)
+                              self.draw_seed(step, Draw.LOSS), labels, step)
             d_loss = self.loss.d_loss(seen)
             g_loss = self.loss.g_loss(seen) if update_generator else tf.constant(0.0)
             d_scaled = self.d_opt.scale_loss(d_loss / self.replicas)

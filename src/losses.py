@@ -9,7 +9,8 @@ seed for the loss's own random draws, and the class labels (None: unconditional)
 
 To add a loss, write a builder that returns a :class:`GANLoss` and decorate it with
 ``@register_loss("name")``; ``config.LOSS_NAMES`` lists the names ``params.yaml`` accepts
-(``tests/test_registries.py`` checks the two agree). ``nsgan`` is the original scripts'
+(``tests/test_registries.py`` checks the two agree). R1 (``train.r1_gamma``) is not a loss of
+its own but a term :func:`get_loss` adds to any loss's ``d_loss`` (:func:`with_r1`). ``nsgan`` is the original scripts'
 binary cross-entropy with the non-saturating generator loss, computed from logits
 (``softplus``) so that it never takes the log of 0.
 """
@@ -31,6 +32,7 @@ class LossInputs:
     fake_logits: tf.Tensor
     seed: tf.Tensor             # a stateless seed, shape [2], for the loss's own draws
     labels: tf.Tensor | None = None  # class labels of the batch (None: unconditional)
+    step: tf.Tensor | None = None    # the global step (int64), for terms applied every k steps
 
 
 class GANLoss(NamedTuple):
@@ -43,6 +45,8 @@ class LossOptions:
     """The loss settings of ``train``: each builder reads the ones it uses."""
     label_smoothing: float = 0.0
     gp_weight: float = 10.0
+    r1_gamma: float = 0.0       # 0 = no R1 term
+    r1_every: int = 16          # lazy R1: computed every this many steps, weighted by it
 
 
 LOSSES: dict[str, Callable[[LossOptions], GANLoss]] = {}
@@ -59,9 +63,40 @@ def register_loss(name: str):
 
 
 def get_loss(name: str, options: LossOptions = LossOptions()) -> GANLoss:
+    """The loss ``name`` with ``options``, plus the R1 term when ``options.r1_gamma`` > 0."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}")  # params validation rules this out
-    return LOSSES[name](options)
+    loss = LOSSES[name](options)
+    return with_r1(loss, options.r1_gamma, options.r1_every) if options.r1_gamma > 0 else loss
+
+
+def r1_penalty(discriminator, real: tf.Tensor) -> tf.Tensor:
+    """R1 (Mescheder et al. 2018): mean over the batch of ||grad_x D(x)||^2 at the real images
+    D saw (augmented, as in StyleGAN2-ADA)."""
+    with tf.GradientTape() as tape:
+        tape.watch(real)
+        total = tf.reduce_sum(tf.cast(discriminator(real, training=True), tf.float32))
+    grads = tf.cast(tape.gradient(total, real), tf.float32)
+    return tf.reduce_mean(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]))
+
+
+def with_r1(loss: GANLoss, gamma: float, every: int) -> GANLoss:
+    """``loss`` with ``gamma / 2`` times the R1 penalty added to the discriminator's loss.
+
+    Lazy (StyleGAN2): with ``every`` > 1 the penalty, a second backward pass through D, is
+    computed only at steps divisible by ``every`` and weighted by ``every`` there, so its
+    average pull is the same at a fraction of the cost.
+    """
+    def d_loss(x: LossInputs):
+        base = loss.d_loss(x)
+        if every == 1 or x.step is None:
+            return base + (gamma / 2) * r1_penalty(x.discriminator, x.real)
+        due = tf.equal(tf.math.floormod(tf.cast(x.step, tf.int64), every), 0)
+        term = tf.cond(due, lambda: (gamma / 2 * every) * r1_penalty(x.discriminator, x.real),
+                       lambda: tf.constant(0.0, tf.float32))
+        return base + term
+
+    return GANLoss(d_loss, loss.g_loss)
 
 
 @register_loss("nsgan")

@@ -118,7 +118,8 @@ def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None, cl
     """
     t = params.train
     strategy = strategy or tf.distribute.get_strategy()
-    loss = get_loss(t.loss, LossOptions(label_smoothing=t.label_smoothing, gp_weight=t.gp_weight))
+    loss = get_loss(t.loss, LossOptions(label_smoothing=t.label_smoothing, gp_weight=t.gp_weight,
+                                        r1_gamma=t.r1_gamma, r1_every=t.r1_every))
     augmenter = Augmenter(tuple(t.augment.policy), params.data.value_range) if t.augment.policy else None
     with strategy.scope():
         generator = build_generator(params.model, params.data, classes)

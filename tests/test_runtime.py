@@ -89,3 +89,22 @@ def test_cpu_threads_after_start_stop_with_the_key_or_pass_when_unchanged():
                        ) as err:
         runtime.set_cpu_threads(other, 0)
     assert "\n" not in str(err.value)
+
+
+def test_malloc_top_pad_is_set_only_when_asked():
+    """``train.malloc_top_pad_mb: 0`` leaves glibc alone (calling mallopt at all would turn off
+    its adaptive thresholds); a positive value takes on Linux with glibc."""
+    import platform
+    assert runtime.retain_freed_memory(0) is False
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert runtime.retain_freed_memory(64) is True
+
+
+def test_malloc_top_pad_does_not_shape_the_weights_so_a_resume_survives_it():
+    """Where memory comes from changes no computed value: a checkpoint made with one padding
+    resumes with another. The thread pools, by contrast, are part of the fingerprint."""
+    from src.checkpoint import fingerprint
+    manifest = {"shards": [{"sha256": "0" * 64}]}
+    base = fingerprint(tiny_params(train={"malloc_top_pad_mb": 0}), manifest)
+    assert fingerprint(tiny_params(train={"malloc_top_pad_mb": 256}), manifest) == base
+    assert fingerprint(tiny_params(train={"intra_op_threads": 1}), manifest) != base
