@@ -7,9 +7,9 @@ Speed only: a lever that wins here must still show that quality per image holds
   (``GAN.train_chunk`` on images in memory), timed in alternating windows so that a change
   of load on a shared machine hits every variant alike: the preset; batch 64 and 128 (learning
   rates scaled by the square root of the batch ratio; about the same images per compiled
-  call); half the channels; no augmentation; XLA (``jit_compile``: fuses element-wise ops);
+  call); half the channels; no augmentation; lazy R1 (what the recipe costs); XLA (``jit_compile``: fuses element-wise ops);
 - process settings (fixed when TensorFlow starts, so one process each, run in alternating
-  rounds): intra-op x inter-op threads, and ``train.malloc_top_pad_mb`` (the memory glibc
+  rounds), on the training loop end to end (synthetic shards): intra-op x inter-op threads, and ``train.malloc_top_pad_mb`` (the memory glibc
   keeps for the next step; 0 = glibc's defaults, as before it existed).
 
 Prints img/s (best window and median) and the ratio to the preset.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from bench_roofline import load_preset  # noqa: E402
+from bench_roofline import load_preset, loop_rates  # noqa: E402
 from src.config import parse_params  # noqa: E402
 
 IMAGES_PER_CALL = 352  # the preset's 11 steps x 32
@@ -59,6 +59,9 @@ def variants(raw: dict) -> dict[str, dict]:
         v = copy.deepcopy(raw)
         v["train"]["augment"]["policy"] = []
         out["no augmentation"] = v
+    v = copy.deepcopy(raw)
+    v["train"]["r1_gamma"] = 0.01
+    out["R1 every 16 steps (a recipe: its cost)"] = v
     v = copy.deepcopy(raw)
     v["train"]["jit_compile"] = True
     out["XLA (jit_compile)"] = v
@@ -110,17 +113,13 @@ def part_levers(args) -> dict:
 
 
 def part_threads(args) -> dict:
-    from src import runtime
-
+    """One process's settings, measured on the training loop end to end (synthetic shards in
+    the preset's shape; data feeding, Python and logging included, as a user's run has them):
+    the img/s of each epoch after the first (which traces)."""
     raw = load_preset(args.preset)
     raw["train"]["intra_op_threads"], raw["train"]["inter_op_threads"] = args.threads
-    raw["train"]["steps_per_call"] = IMAGES_PER_CALL // raw["train"].get("batch_size", 32)
-    params = parse_params(raw)
-    runtime.retain_freed_memory(args.pad)
-    runtime.set_cpu_threads(*args.threads)
-    runtime.configure(params.train, params.common.seed)
-    gan, k, b, real = _build(raw)
-    return _rates({"x": (gan, k, b)}, {"x": real}, args.repeats, args.window)
+    raw["train"]["malloc_top_pad_mb"] = args.pad
+    return {"x": loop_rates(raw, 1 + args.repeats, args.loop_images)[1:]}
 
 
 def _child(argv: list[str]) -> dict:
@@ -148,6 +147,8 @@ def main() -> None:
     parser.add_argument("--part", choices=["levers", "threads"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--pad", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--loop-images", type=int, default=1408, help="images per epoch of the process runs")
+    parser.add_argument("--skip-levers", action="store_true", help="only the process settings")
     args = parser.parse_args()
     if args.repeats < 1 or args.window <= 0:
         raise SystemExit("error: --repeats must be at least 1 and --window above 0")
@@ -159,23 +160,26 @@ def main() -> None:
         return
     common = ["--preset", args.preset, "--repeats", str(args.repeats), "--window", str(args.window)]
     start = time.perf_counter()
-    levers = _child(["--part", "levers", *common])
-    base = max(levers["preset"])
-    print(f"# levers: preset {args.preset}, best of {args.repeats} alternating {args.window:g} s windows, "
-          f"~{IMAGES_PER_CALL} images per compiled call")
-    print("| variant | img/s best | img/s median | vs preset | windows |\n|---|---|---|---|---|")
-    for name, values in levers.items():
-        print(_row(name, values, base), flush=True)
+    if not args.skip_levers:
+        levers = _child(["--part", "levers", *common])
+        base = max(levers["preset"])
+        print(f"# levers: preset {args.preset}, best of {args.repeats} alternating {args.window:g} s windows, "
+              f"~{IMAGES_PER_CALL} images per compiled call")
+        print("| variant | img/s best | img/s median | vs preset | windows |\n|---|---|---|---|---|")
+        for name, values in levers.items():
+            print(_row(name, values, base), flush=True)
     settings = [(*map(int, p.split(":")[0].split("x")), int(p.split(":")[1])) for p in args.processes.split(",")]
     settings = settings if args.rounds else []
     rates = {s: [] for s in settings}
     for _ in range(args.rounds):
         for s in settings:
             rates[s] += _child(["--part", "threads", "--threads", str(s[0]), str(s[1]), "--pad", str(s[2]),
-                                *common])["x"]
+                                "--loop-images", str(args.loop_images), *common])["x"]
     if rates:
         ref = max(rates[settings[0]])
-        print(f"\n| threads intra x inter, malloc_top_pad_mb | img/s best | img/s median | vs the first | windows |")
+        print(f"\n# the training loop end to end, one process per setting, {args.rounds} alternating rounds, "
+              f"{args.repeats} epochs of {args.loop_images} images each after the first")
+        print("| threads intra x inter, malloc_top_pad_mb | img/s best | img/s median | vs the first | epochs |")
         print("|---|---|---|---|---|")
         for (intra, inter, pad), values in rates.items():
             print(_row(f"{intra} x {inter}, {pad}", values, ref), flush=True)

@@ -262,21 +262,26 @@ def part_step(args) -> dict:
 
 
 # ---------------------------------------------------------------------------- part 3: loop
-def part_loop(args) -> dict:
+def loop_rates(raw: dict, epochs: int, images: int) -> list[float]:
+    """img/s of each epoch of the training loop end to end (``train``, data feeding, Python
+    and logging included) with params ``raw``, on ``images`` synthetic images per epoch."""
     from bench_train import synthetic_shards
     from src.train_log import read_rows
     from src.training_loop import TrainPaths, train
 
-    raw = load_preset(args.preset)
-    raw["train"].update(epochs=args.loop_epochs, checkpoint_every=1000, steps_per_epoch=0)
+    raw["train"].update(epochs=epochs, checkpoint_every=1000, steps_per_epoch=0)
     raw["sample"]["every_epochs"] = 1000
     params = parse_params(raw)
     with tempfile.TemporaryDirectory() as tmp:
-        data = synthetic_shards(Path(tmp) / "processed", args.loop_images, params.data.image_size,
+        data = synthetic_shards(Path(tmp) / "processed", images, params.data.image_size,
                                 params.data.channels, params.data.value_range)
         out = Path(tmp) / "out"
         train(params, data, TrainPaths(out / "c", out / "s", out / "log", out / "g.keras", out / "e.json"))
-        rates = [row["images_per_sec"] for _, row in sorted(read_rows(out / "log").items())]
+        return [row["images_per_sec"] for _, row in sorted(read_rows(out / "log").items())]
+
+
+def part_loop(args) -> dict:
+    rates = loop_rates(load_preset(args.preset), args.loop_epochs, args.loop_images)
     return {"img_s": max(rates[1:] or rates), "epochs": rates}
 
 

@@ -108,3 +108,39 @@ def test_malloc_top_pad_does_not_shape_the_weights_so_a_resume_survives_it():
     base = fingerprint(tiny_params(train={"malloc_top_pad_mb": 0}), manifest)
     assert fingerprint(tiny_params(train={"malloc_top_pad_mb": 256}), manifest) == base
     assert fingerprint(tiny_params(train={"intra_op_threads": 1}), manifest) != base
+
+
+
+_TRAIN_IN_A_FRESH_PROCESS = """
+import hashlib, json, sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+from conftest import blob_images, tiny_params, write_processed
+from src.training_loop import TrainPaths, train
+root = Path(sys.argv[1])
+data = write_processed(root / "processed", blob_images(24, size=8))
+params = tiny_params(train={"augment": {"policy": ["color", "translation"]}, "malloc_top_pad_mb": int(sys.argv[2])})
+out = root / "out"
+train(params, data, TrainPaths(out / "c", out / "s", out / "log", out / "g.keras", out / "e.json"))
+snapshots = b"".join(p.read_bytes() for p in sorted((out / "s").glob("*.npz")))
+env = json.loads((out / "e.json").read_text())
+print(json.dumps({"sha": hashlib.sha256(snapshots).hexdigest(), "pad": env["malloc_top_pad_mb"]}))
+"""
+
+
+def test_malloc_top_pad_gives_the_same_bytes(tmp_path):
+    """Two fresh processes (the setting is process-wide), glibc's defaults and a 64 MB pad:
+    the same snapshots byte for byte, and environment.json says which one ran."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    runs = {}
+    for pad in (0, 64):
+        done = subprocess.run([sys.executable, "-c", _TRAIN_IN_A_FRESH_PROCESS, str(tmp_path / str(pad)), str(pad)],
+                              cwd=root, capture_output=True, text=True, check=True)
+        runs[pad] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs[0]["sha"] == runs[64]["sha"]
+    assert runs[0]["pad"] == 0
+    assert runs[64]["pad"] == (64 if runtime.retain_freed_memory(64) else 0)
