@@ -46,6 +46,7 @@ def configure(train: TrainParams, seed: int) -> str:
 
 
 M_TOP_PAD = -2  # glibc's mallopt parameter (malloc.h)
+_top_pad_mb = 0  # what retain_freed_memory last set in this process (0: glibc's defaults)
 
 
 def retain_freed_memory(top_pad_mb: int) -> bool:
@@ -60,13 +61,15 @@ def retain_freed_memory(top_pad_mb: int) -> bool:
     0 leaves glibc's defaults (calling ``mallopt`` at all would switch off its adaptive
     thresholds).
     """
+    global _top_pad_mb
     if top_pad_mb <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_TOP_PAD, int(top_pad_mb) << 20))
+        taken = bool(ctypes.CDLL(None).mallopt(M_TOP_PAD, int(top_pad_mb) << 20))
     except (OSError, AttributeError):
         return False
+    _top_pad_mb = int(top_pad_mb) if taken else _top_pad_mb
+    return taken
 
 
 def set_cpu_threads(intra_op: int, inter_op: int) -> None:
@@ -264,5 +267,5 @@ def environment(train: TrainParams, strategy: tf.distribute.Strategy) -> dict:
         "deterministic": train.deterministic,
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "malloc_top_pad_mb": train.malloc_top_pad_mb if retain_freed_memory(train.malloc_top_pad_mb) else 0,
+        "malloc_top_pad_mb": _top_pad_mb,  # what training_strategy set, not asked again
     }
