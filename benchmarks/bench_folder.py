@@ -7,7 +7,9 @@ preset in several variants (``--variants``; each a set of params changes, :data:
 - ``fixed``: DiffAugment (colour, translation, cutout on every image D sees, p = 1): the preset;
 - ``adaptive``: the same ops with ADA's probability, starting at 0, steered to r_t = 0.6;
 - ``half``: the preset with half the channels in both networks (about 2x the img/s);
-- ``r1``: the preset plus a lazy R1 penalty on real images (``train.r1_gamma``).
+- ``r1``: the preset plus a lazy R1 penalty on real images (``train.r1_gamma``);
+- ``residual``: the preset with a residual discriminator (``model.dcgan.d_residual``);
+- ``recon``: the preset plus FastGAN's self-supervised decoder in D (``train.reconstruction`` 10).
 
 Every run trains ``--kimg`` thousand images, times its own factor from ``--scale``
 (``half=2.1``: the images that variant trains in the preset's minutes, by the img/s ratio
@@ -59,6 +61,8 @@ VARIANTS = {
     "adaptive": lambda raw: {"train": {"augment": {"policy": _AUG, "probability": 0.0, "adaptive": True}}},
     "half": _half,
     "r1": lambda raw: {"train": {"r1_gamma": 0.01}},  # StyleGAN2-ADA's value for 32-pixel CIFAR-10
+    "residual": lambda raw: {"model": {"dcgan": {"d_residual": True}}},
+    "recon": lambda raw: {"train": {"reconstruction": 10.0}},  # the error's start (~0.1) near the hinge loss's (~1)
 }
 METRIC_SEED = 20240101  # the yardstick: fixed, whatever the run's seed
 

@@ -7,7 +7,8 @@ Speed only: a lever that wins here must still show that quality per image holds
   (``GAN.train_chunk`` on images in memory), timed in alternating windows so that a change
   of load on a shared machine hits every variant alike: the preset; batch 64 and 128 (learning
   rates scaled by the square root of the batch ratio; about the same images per compiled
-  call); half the channels; no augmentation; lazy R1 (what the recipe costs); XLA (``jit_compile``: fuses element-wise ops);
+  call); half the channels; no augmentation; the recipes' costs (lazy R1, a residual D,
+  FastGAN's decoder in D, 1.5x the pixels); XLA (``jit_compile``: fuses element-wise ops);
 - process settings (fixed when TensorFlow starts, so one process each, run in alternating
   rounds), on the training loop end to end (synthetic shards): intra-op x inter-op threads, and ``train.malloc_top_pad_mb`` (the memory glibc
   keeps for the next step; 0 = glibc's defaults, as before it existed).
@@ -62,6 +63,16 @@ def variants(raw: dict) -> dict[str, dict]:
     v = copy.deepcopy(raw)
     v["train"]["r1_gamma"] = 0.01
     out["R1 every 16 steps (a recipe: its cost)"] = v
+    if raw["model"].get("arch") == "dcgan":
+        v = copy.deepcopy(raw)
+        v["model"]["dcgan"]["d_residual"] = True
+        out["residual D (a recipe: its cost)"] = v
+        v = copy.deepcopy(raw)
+        v["train"]["reconstruction"] = 10.0
+        out["FastGAN decoder in D (a recipe: its cost)"] = v
+        v = copy.deepcopy(raw)
+        v["data"]["image_size"] = raw["data"]["image_size"] * 3 // 2
+        out[f"{v['data']['image_size']} pixels (a recipe: its cost)"] = v
     v = copy.deepcopy(raw)
     v["train"]["jit_compile"] = True
     out["XLA (jit_compile)"] = v
@@ -107,6 +118,8 @@ def part_levers(args) -> dict:
     runtime.configure(params.train, params.common.seed)
     gans, real = {}, {}
     for name, v in variants(raw).items():
+        if args.only and name != "preset" and not any(word in name for word in args.only):
+            continue
         gan, k, b, images = _build(v)
         gans[name], real[name] = (gan, k, b), images
     return _rates(gans, real, args.repeats, args.window)
@@ -148,6 +161,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--pad", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--loop-images", type=int, default=1408, help="images per epoch of the process runs")
+    parser.add_argument("--only", type=lambda s: s.split(","), default=[],
+                        help="comma-separated words: only the in-process variants whose name holds one (and the preset)")
     parser.add_argument("--skip-levers", action="store_true", help="only the process settings")
     args = parser.parse_args()
     if args.repeats < 1 or args.window <= 0:
@@ -158,7 +173,8 @@ def main() -> None:
     if args.part == "threads":
         print(json.dumps(part_threads(args)))
         return
-    common = ["--preset", args.preset, "--repeats", str(args.repeats), "--window", str(args.window)]
+    common = ["--preset", args.preset, "--repeats", str(args.repeats), "--window", str(args.window),
+              *(["--only", ",".join(args.only)] if args.only else [])]
     start = time.perf_counter()
     if not args.skip_levers:
         levers = _child(["--part", "levers", *common])

@@ -120,6 +120,7 @@ class DCGANParams:
     upsample: str = _spec("transpose", choices=("transpose", "nearest", "bilinear"))
     spectral_norm: bool = False
     minibatch_std: bool = False
+    d_residual: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ class TrainParams:
     label_smoothing: float = _spec(0.0, check=between(0.0, 0.5))
     r1_gamma: float = _spec(0.0, check=at_least(0.0))
     r1_every: int = _spec(16, check=at_least(1))
+    reconstruction: float = _spec(0.0, check=at_least(0.0))
     d_steps: int = _spec(1, check=at_least(1))
     g_optimizer: AdamParams = field(default_factory=AdamParams)
     d_optimizer: AdamParams = field(default_factory=AdamParams)
@@ -325,6 +327,9 @@ def _cross_checks(p: Params) -> None:
         if d.image_size % (2 ** blocks):
             raise UserError(f"params key 'data.image_size' must be a multiple of {2 ** blocks} for model.dcgan.g_filters "
                             f"with {blocks} upsampling blocks; got {d.image_size}")
+    if p.train.reconstruction > 0 and m.arch != "dcgan":
+        raise UserError("params key 'train.reconstruction' must be 0 for model.arch mlp (the decoder reads the "
+                        f"convolutional discriminator's feature maps); got {p.train.reconstruction}")
     if p.train.loss == "wgan-gp" and p.train.mixed_precision == "mixed_float16":
         raise UserError("params key 'train.mixed_precision' must be none or mixed_bfloat16 with train.loss wgan-gp "
                         "(the float16 gradient penalty overflows)")

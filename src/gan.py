@@ -52,7 +52,10 @@ class GAN:
     generator only every ``d_steps``-th step; ``ema_decay`` None switches the weight
     average off (the exported generator then has the trained weights). ``ema_generator`` is
     a second copy of the generator's architecture that receives the averaged weights for
-    export. ``augmenter`` (or None) augments what the discriminator sees with probability
+    export. ``reconstructor`` (or None) is the discriminator with FastGAN's decoder as a
+    second output (:func:`src.networks.build_reconstructor`): the real images go through it,
+    its decoder trains with D, and the loss sees its output as ``reconstruction``.
+    ``augmenter`` (or None) augments what the discriminator sees with probability
     ``augment_p``, which the loop may change between calls (:attr:`augment_p` is a variable
     the step reads). Networks and optimizers must have been made under ``strategy``'s scope.
     """
@@ -62,8 +65,11 @@ class GAN:
                  loss: GANLoss, batch_size: int, seed: int, ema_generator: keras.Model,
                  ema_decay: float | None = None, d_steps: int = 1,
                  augmenter: Augmenter | None = None, augment_p: float = 0.0, jit_compile: bool = False,
-                 strategy: tf.distribute.Strategy | None = None):
+                 strategy: tf.distribute.Strategy | None = None, reconstructor: keras.Model | None = None):
         self.discriminator, self.generator, self.ema_generator = discriminator, generator, ema_generator
+        # D with its self-supervised decoder as a second output (shares D's layers), or None.
+        self.reconstructor = reconstructor
+        self._d_model = reconstructor if reconstructor is not None else discriminator  # what D's optimizer trains
         self.conditional = len(generator.inputs) > 1  # takes [latent, label]
         self.latent_dim = latent_dim
         self.d_opt, self.g_opt = d_optimizer, g_optimizer
@@ -76,7 +82,7 @@ class GAN:
         self.replicas = self.strategy.num_replicas_in_sync
         with self.strategy.scope():
             self.g_opt.build(self.generator.trainable_variables)
-            self.d_opt.build(self.discriminator.trainable_variables)
+            self.d_opt.build(self._d_model.trainable_variables)
             # Plain tf.Variables so that replicas may update them in step (each computes the same value).
             self.ema = [tf.Variable(v.value, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                         for v in self.generator.trainable_variables]
@@ -120,13 +126,14 @@ class GAN:
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             g_input = z if labels is None else [z, labels]
             fake = self.augment(self.generator(g_input, training=True), step, Draw.AUGMENT_FAKE)  # G's gradient flows through
-            seen = LossInputs(critic, real, fake, critic(real, training=True), critic(fake, training=True),
-                              self.draw_seed(step, Draw.LOSS), labels, step)
+            real_logits, reconstruction = self._real_forward(real, labels)
+            seen = LossInputs(critic, real, fake, real_logits, critic(fake, training=True),
+                              self.draw_seed(step, Draw.LOSS), labels, step, reconstruction)
             d_loss = self.loss.d_loss(seen)
             g_loss = self.loss.g_loss(seen) if update_generator else tf.constant(0.0)
             d_scaled = self.d_opt.scale_loss(d_loss / self.replicas)
             g_scaled = self.g_opt.scale_loss(g_loss / self.replicas) if update_generator else None
-        d_vars, g_vars = self.discriminator.trainable_variables, self.generator.trainable_variables
+        d_vars, g_vars = self._d_model.trainable_variables, self.generator.trainable_variables
         d_grads = d_tape.gradient(d_scaled, d_vars)
         g_grads = g_tape.gradient(g_scaled, g_vars) if update_generator else None
         self.d_opt.apply_gradients(zip(d_grads, d_vars))
@@ -136,6 +143,14 @@ class GAN:
         return {"d_loss": d_loss, "g_loss": g_loss,
                 "d_acc_real": tf.reduce_mean(tf.cast(seen.real_logits > 0, tf.float32)),
                 "d_acc_fake": tf.reduce_mean(tf.cast(seen.fake_logits < 0, tf.float32))}
+
+    def _real_forward(self, real, labels=None):
+        """D's logits of the real batch and, with a decoder, its reconstruction (else None),
+        from one forward pass."""
+        if self.reconstructor is None:
+            return self.critic(labels)(real, training=True), None
+        logits, reconstruction = self.reconstructor(real if labels is None else [real, labels], training=True)
+        return logits, reconstruction
 
     def critic(self, labels=None):
         """The discriminator as a function of images alone, ``(images, training) -> logits``:
@@ -244,11 +259,11 @@ class GAN:
     def state_variables(self) -> dict[str, Any]:
         """Every variable a checkpoint holds, keyed by its path (see :mod:`src.checkpoint`)."""
         g = weights.network_variables(self.generator, "generator")
-        d = weights.network_variables(self.discriminator, "discriminator")
+        d = weights.network_variables(self._d_model, "discriminator")
         g_key = {id(var): key for key, var in g.items()}
         g_trained = {g_key[id(var)]: var for var in self.generator.trainable_variables}
         d_key = {id(var): key for key, var in d.items()}
-        d_trained = {d_key[id(var)]: var for var in self.discriminator.trainable_variables}
+        d_trained = {d_key[id(var)]: var for var in self._d_model.trainable_variables}
         ema = {f"ema/{key}": avg for avg, key in zip(self.ema, g_trained)}
         return {**g, **d, **ema,
                 **checkpoint.optimizer_variables(self.g_opt, "g_opt", g_trained),

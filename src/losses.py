@@ -9,8 +9,9 @@ seed for the loss's own random draws, and the class labels (None: unconditional)
 
 To add a loss, write a builder that returns a :class:`GANLoss` and decorate it with
 ``@register_loss("name")``; ``config.LOSS_NAMES`` lists the names ``params.yaml`` accepts
-(``tests/test_registries.py`` checks the two agree). R1 (``train.r1_gamma``) is not a loss of
-its own but a term :func:`get_loss` adds to any loss's ``d_loss`` (:func:`with_r1`). ``nsgan`` is the original scripts'
+(``tests/test_registries.py`` checks the two agree). R1 (``train.r1_gamma``) and FastGAN's
+reconstruction (``train.reconstruction``) are not losses of their own but terms
+:func:`get_loss` adds to any loss's ``d_loss`` (:func:`with_r1`, :func:`with_reconstruction`). ``nsgan`` is the original scripts'
 binary cross-entropy with the non-saturating generator loss, computed from logits
 (``softplus``) so that it never takes the log of 0.
 """
@@ -33,6 +34,7 @@ class LossInputs:
     seed: tf.Tensor             # a stateless seed, shape [2], for the loss's own draws
     labels: tf.Tensor | None = None  # class labels of the batch (None: unconditional)
     step: tf.Tensor | None = None    # the global step (int64), for terms applied every k steps
+    reconstruction: tf.Tensor | None = None  # D's decoder's redrawing of ``real`` at half size (None: no decoder)
 
 
 class GANLoss(NamedTuple):
@@ -47,6 +49,7 @@ class LossOptions:
     gp_weight: float = 10.0
     r1_gamma: float = 0.0       # 0 = no R1 term
     r1_every: int = 16          # lazy R1: computed every this many steps, weighted by it
+    reconstruction: float = 0.0  # 0 = no reconstruction term
 
 
 LOSSES: dict[str, Callable[[LossOptions], GANLoss]] = {}
@@ -63,11 +66,16 @@ def register_loss(name: str):
 
 
 def get_loss(name: str, options: LossOptions = LossOptions()) -> GANLoss:
-    """The loss ``name`` with ``options``, plus the R1 term when ``options.r1_gamma`` > 0."""
+    """The loss ``name`` with ``options``, plus the R1 term when ``options.r1_gamma`` > 0 and the
+    reconstruction term when ``options.reconstruction`` > 0."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}")  # params validation rules this out
     loss = LOSSES[name](options)
-    return with_r1(loss, options.r1_gamma, options.r1_every) if options.r1_gamma > 0 else loss
+    if options.r1_gamma > 0:
+        loss = with_r1(loss, options.r1_gamma, options.r1_every)
+    if options.reconstruction > 0:
+        loss = with_reconstruction(loss, options.reconstruction)
+    return loss
 
 
 def r1_penalty(discriminator, real: tf.Tensor) -> tf.Tensor:
@@ -95,6 +103,26 @@ def with_r1(loss: GANLoss, gamma: float, every: int) -> GANLoss:
         term = tf.cond(due, lambda: (gamma / 2 * every) * r1_penalty(x.discriminator, x.real),
                        lambda: tf.constant(0.0, tf.float32))
         return base + term
+
+    return GANLoss(d_loss, loss.g_loss)
+
+
+def reconstruction_error(reconstruction: tf.Tensor, real: tf.Tensor) -> tf.Tensor:
+    """Mean squared error between D's decoder's output and ``real`` 2x average-pooled to its size."""
+    target = tf.nn.avg_pool2d(tf.cast(real, tf.float32), 2, 2, "VALID")
+    return tf.reduce_mean(tf.square(tf.cast(reconstruction, tf.float32) - target))
+
+
+def with_reconstruction(loss: GANLoss, weight: float) -> GANLoss:
+    """``loss`` with ``weight`` times D's reconstruction error on the real images added to the
+    discriminator's loss (FastGAN's self-supervision, Liu et al. 2021: a D that must redraw
+    what it saw keeps describing the image, not only what tells it from a fake, which small
+    folders need). A step without a decoder (``x.reconstruction`` None) adds nothing."""
+    def d_loss(x: LossInputs):
+        base = loss.d_loss(x)
+        if x.reconstruction is None:
+            return base
+        return base + weight * reconstruction_error(x.reconstruction, x.real)
 
     return GANLoss(d_loss, loss.g_loss)
 

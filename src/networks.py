@@ -9,8 +9,11 @@ Both families follow the original scripts, with their sizes taken from ``params.
   with LeakyReLU and Dropout -> 1. Options for small folders (``model.dcgan``):
   ``upsample: nearest|bilinear`` (resize, then a 3x3 convolution: no checkerboard),
   ``spectral_norm`` (every discriminator weight divided by its largest singular value,
-  Miyato et al. 2018) and ``minibatch_std`` (the spread of D's features over the batch
-  as one more feature map, Karras et al. 2018: a collapsed generator is easy to spot).
+  Miyato et al. 2018), ``minibatch_std`` (the spread of D's features over the batch
+  as one more feature map, Karras et al. 2018: a collapsed generator is easy to spot) and
+  ``d_residual`` (each D block's output plus a shortcut, its input 2x average-pooled
+  through a 1x1 convolution, summed with weight 1/sqrt(2) as in StyleGAN2's residual D;
+  the shortcut costs a sixteenth of the block's 4x4 convolution).
 
 :data:`NETWORKS` registers the families by the name ``model.arch`` gives: a new family is
 two builders and one entry there (and its section of settings in ``model``).
@@ -255,8 +258,13 @@ def _dcgan_discriminator(model: ModelParams, data: DataParams, num_classes: int 
     for i, filters in enumerate(p.d_filters):
         if p.minibatch_std and i == len(p.d_filters) - 1:
             x = MinibatchStdDev()(x)
+        block_input = x
         x = conv(filters, p.kernel_size, strides=2, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=p.leaky_slope)(x)
+        if p.d_residual:
+            shortcut = layers.AveragePooling2D(2, padding="same")(block_input)
+            shortcut = conv(filters, 1, use_bias=False)(shortcut)
+            x = layers.Rescaling(float(np.sqrt(0.5)))(layers.Add()([x, shortcut]))
         if p.dropout > 0:
             x = layers.Dropout(p.dropout)(x)
     x = layers.Flatten()(x)
@@ -294,6 +302,37 @@ def build_discriminator(model: ModelParams, data: DataParams, num_classes: int =
     """images (B, size, size, channels) -> logits (B, 1), float32; with ``num_classes``
     ``[images, label (B,) int32]`` -> logits."""
     return NETWORKS[model.arch].discriminator(model, data, num_classes)
+
+
+def build_reconstructor(discriminator: keras.Model, data: DataParams) -> keras.Model:
+    """``discriminator`` with a second output: FastGAN's self-supervised decoder (Liu et al.
+    2021, scaled down). From the feature maps D's last block made of an image, nearest 2x
+    upsampling and 3x3 convolutions (a quarter of those maps' channels, halving at each
+    step, at least 8) redraw the image at half its side; ``train.reconstruction`` weighs
+    its error on the real images in D's loss (:func:`src.losses.with_reconstruction`).
+
+    Returns a model with D's inputs and outputs ``[logits, reconstruction]`` that shares
+    D's layers: D alone (the fake images, the penalties) skips the decoder's cost.
+    """
+    flatten = next((layer for layer in discriminator.layers if isinstance(layer, layers.Flatten)), None)
+    if flatten is None or len(flatten.input.shape) != 4:
+        raise UserError("params key 'train.reconstruction' needs a convolutional discriminator (model.arch dcgan)")
+    x = flatten.input
+    side, channels = x.shape[1], x.shape[-1]
+    target = data.image_size // 2
+    if target % side or (target // side) & (target // side - 1):
+        raise UserError(f"params key 'train.reconstruction': D's last feature maps ({side}x{side}) cannot be "
+                        f"upsampled by powers of 2 to half the image side ({target})")
+    width = max(channels // 4, 8)
+    while side < target:
+        x = layers.UpSampling2D(2, interpolation="nearest")(x)
+        x = layers.Conv2D(width, 3, padding="same")(x)
+        x = layers.LeakyReLU(negative_slope=0.2)(x)
+        side, width = side * 2, max(width // 2, 8)
+    reconstruction = layers.Conv2D(data.channels, 3, padding="same", dtype="float32", name="reconstruction")(x)
+    outputs = discriminator.outputs + [reconstruction]
+    inputs = discriminator.inputs if len(discriminator.inputs) > 1 else discriminator.inputs[0]
+    return keras.Model(inputs, outputs, name="discriminator")
 
 
 # ---------------------------------------------------------------------------- weights

@@ -43,7 +43,7 @@ from src.errors import UserError
 from src.gan import GAN, STEP_RESULTS
 from src.keras_file import save_model
 from src.losses import LossOptions, get_loss
-from src.networks import build_discriminator, build_generator
+from src.networks import build_discriminator, build_generator, build_reconstructor
 from src.paths import TrainPaths
 from src.pictures import make_grid
 from src.sampling import grid_inputs, num_classes, run_generator, to_uint8
@@ -119,18 +119,21 @@ def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None, cl
     t = params.train
     strategy = strategy or tf.distribute.get_strategy()
     loss = get_loss(t.loss, LossOptions(label_smoothing=t.label_smoothing, gp_weight=t.gp_weight,
-                                        r1_gamma=t.r1_gamma, r1_every=t.r1_every))
+                                        r1_gamma=t.r1_gamma, r1_every=t.r1_every,
+                                        reconstruction=t.reconstruction))
     augmenter = Augmenter(tuple(t.augment.policy), params.data.value_range) if t.augment.policy else None
     with strategy.scope():
         generator = build_generator(params.model, params.data, classes)
         discriminator = build_discriminator(params.model, params.data, len(classes))
         ema_generator = build_generator(params.model, params.data, classes)
+        reconstructor = build_reconstructor(discriminator, params.data) if t.reconstruction > 0 else None
         g_opt = _optimizer(t.g_optimizer, t.mixed_precision)
         d_opt = _optimizer(t.d_optimizer, t.mixed_precision)
     return GAN(discriminator, generator, params.model.latent_dim, d_optimizer=d_opt, g_optimizer=g_opt, loss=loss,
                batch_size=t.batch_size, seed=params.common.seed, ema_generator=ema_generator,
                ema_decay=t.ema.decay if t.ema.enabled else None, d_steps=t.d_steps,
-               augmenter=augmenter, augment_p=t.augment.probability, jit_compile=t.jit_compile, strategy=strategy)
+               augmenter=augmenter, augment_p=t.augment.probability, jit_compile=t.jit_compile, strategy=strategy,
+               reconstructor=reconstructor)
 
 
 def _optimizer(p: AdamParams, mixed_precision: str) -> keras.optimizers.Optimizer:

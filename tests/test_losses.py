@@ -1,5 +1,6 @@
-"""The R1 term that train.r1_gamma adds to any loss: its value, its lazy schedule, and that it
-reaches the discriminator's update inside the compiled chunk."""
+"""The terms added to any loss: R1 (train.r1_gamma: its value, its lazy schedule) and FastGAN's
+reconstruction (train.reconstruction: its value, its decoder trained with D), each reaching
+the discriminator's update inside the compiled chunk."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import tensorflow as tf
 
 from conftest import tiny_params
 from src import runtime
-from src.losses import LossInputs, LossOptions, get_loss, r1_penalty
+from src.losses import LossInputs, LossOptions, get_loss, r1_penalty, reconstruction_error
 from src.training_loop import build_gan
 
 W = np.random.default_rng(0).normal(size=(1, 4, 4, 3)).astype(np.float32)
@@ -62,3 +63,49 @@ def test_r1_reaches_the_discriminator_update_in_the_compiled_chunk():
     assert any(not np.allclose(a, b) for a, b in zip(plain, lazy))
     again, _ = _d_after_two_steps(r1_gamma=10.0, r1_every=2)
     assert all(np.array_equal(a, b) for a, b in zip(lazy, again))  # deterministic
+
+
+def test_reconstruction_term_is_the_weighted_error_against_the_half_size_real_images():
+    x = _inputs(0)
+    redrawn = tf.constant(np.random.default_rng(3).uniform(size=(5, 2, 2, 3)).astype(np.float32))
+    target = x.real.numpy().reshape(5, 2, 2, 2, 2, 3).mean(axis=(2, 4))  # 2x2 average pooling
+    expected = float(np.mean((redrawn.numpy() - target) ** 2))
+    assert float(reconstruction_error(redrawn, x.real)) == pytest.approx(expected, rel=1e-5)
+    plain = get_loss("hinge", LossOptions())
+    both = get_loss("hinge", LossOptions(reconstruction=3.0))
+    seen = LossInputs(*[getattr(x, f) for f in ("discriminator", "real", "fake", "real_logits", "fake_logits",
+                                                "seed", "labels", "step")], reconstruction=redrawn)
+    assert float(both.d_loss(seen)) - float(plain.d_loss(seen)) == pytest.approx(3.0 * expected, rel=1e-4)
+    assert float(both.d_loss(x)) == pytest.approx(float(plain.d_loss(x)))  # no decoder: nothing added
+    assert float(both.g_loss(seen)) == float(plain.g_loss(seen))
+
+
+def _reconstructing_gan(weight):
+    params = tiny_params(model={"arch": "dcgan", "dcgan": {"dropout": 0.0}},
+                         train={"loss": "hinge", "steps_per_call": 8, "reconstruction": weight})
+    runtime.configure(params.train, params.common.seed)
+    return params, build_gan(params, tf.distribute.get_strategy())
+
+
+def test_reconstruction_trains_a_decoder_with_the_discriminator():
+    """The decoder's weights are in D's update and in the checkpointed state, and a few
+    compiled steps on one batch make its redrawing of that batch better."""
+    params, gan = _reconstructing_gan(10.0)
+    _, plain = _reconstructing_gan(0.0)
+    decoder = [v for v in gan.reconstructor.trainable_variables
+               if all(v is not w for w in gan.discriminator.trainable_variables)]
+    assert decoder and plain.reconstructor is None
+    assert len(gan.state_variables()) > len(plain.state_variables())
+    b, s, c = params.train.batch_size, params.data.image_size, params.data.channels
+    batch = np.random.default_rng(0).uniform(-1, 1, (b, s, s, c)).astype(np.float32)
+
+    def error():
+        redrawn = gan.reconstructor(batch, training=False)[1]
+        return float(reconstruction_error(redrawn, tf.constant(batch)))
+
+    before, weights_before = error(), [v.numpy() for v in decoder]
+    for start in range(0, 40, 8):
+        sums, bad = gan.train_chunk(tf.constant(np.tile(batch, (8, 1, 1, 1))), start)
+        assert bad == -1
+    assert any(not np.allclose(a, v.numpy()) for a, v in zip(weights_before, decoder))
+    assert error() < 0.85 * before

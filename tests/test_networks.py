@@ -52,7 +52,8 @@ def _sections(params):
 def test_resize_upsampling_and_discriminator_options(upsample, size, channels, g_filters, d_filters):
     params = tiny_params(data={"image_size": size, "channels": channels, "range": [0, 1]},
                          model={"dcgan": {"g_filters": g_filters, "d_filters": d_filters, "upsample": upsample,
-                                          "spectral_norm": True, "minibatch_std": True, "dropout": 0.0}})
+                                          "spectral_norm": True, "minibatch_std": True, "d_residual": True,
+                                          "dropout": 0.0}})
     generator = build_generator(params.model, params.data)
     assert not any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in generator.layers)
     assert sum(isinstance(layer, keras.layers.UpSampling2D) for layer in generator.layers) == len(g_filters)
@@ -98,3 +99,24 @@ def test_minibatch_std_makes_d_see_the_batch(minibatch_std):
     alone = np.asarray(discriminator(images[:1], training=False))[0]
     in_batch = np.asarray(discriminator(images, training=False))[0]
     assert np.allclose(alone, in_batch, atol=1e-6) is (not minibatch_std)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_residual_discriminator_has_a_shortcut_around_each_block(residual):
+    """With every 4x4 block convolution zeroed, only the shortcuts can carry the image to the
+    logit: a residual D still tells two images apart, a plain one cannot."""
+    params = tiny_params(model={"dcgan": {"d_residual": residual, "dropout": 0.0}})
+    discriminator = build_discriminator(params.model, params.data)
+    blocks = [layer for layer in discriminator.layers
+              if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (params.model.dcgan.kernel_size,) * 2]
+    shortcuts = [layer for layer in discriminator.layers
+                 if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (1, 1)]
+    assert len(blocks) == len(params.model.dcgan.d_filters)
+    assert len(shortcuts) == (len(blocks) if residual else 0)
+    for layer in blocks:
+        layer.kernel.assign(np.zeros(layer.kernel.shape, np.float32))
+        layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
+    images = np.random.default_rng(2).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
+    logits = np.asarray(discriminator(images, training=False))
+    assert np.isfinite(logits).all()
+    assert bool(abs(logits[0, 0] - logits[1, 0]) > 1e-4) is residual

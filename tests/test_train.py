@@ -166,10 +166,12 @@ def _assert_same_state(a: dict, b: dict):
     {},  # the tiny DCGAN, one step per call
     {"model": {"arch": "mlp"}, "train": {"jit_compile": True, "steps_per_call": 2, "steps_per_epoch": 5}},
     # The small-folder options: adaptive augmentation (its probability is checkpointed state),
-    # spectral norm (its power-iteration vectors too), resize upsampling, minibatch std.
-    {"model": {"dcgan": {"spectral_norm": True, "upsample": "bilinear", "minibatch_std": True, "dropout": 0.0}},
+    # spectral norm (its power-iteration vectors too), resize upsampling, minibatch std, a residual
+    # D with FastGAN's decoder (its weights and their Adam moments are checkpointed) and lazy R1.
+    {"model": {"dcgan": {"spectral_norm": True, "upsample": "bilinear", "minibatch_std": True, "dropout": 0.0,
+                         "d_residual": True}},
      "train": {"augment": {"policy": ["color", "translation", "cutout"], "probability": 0.3, "adaptive": True,
-                           "speed_kimg": 0.05}}},
+                           "speed_kimg": 0.05}, "reconstruction": 1.0, "r1_gamma": 1.0, "r1_every": 2}},
 ], ids=["dcgan", "mlp-xla-chunks", "dcgan-adaptive-augment-sn"])
 def test_resume_gives_the_same_weights(project, tmp_path_factory, variant):
     override = {**variant, "train": {**variant.get("train", {}), "epochs": 2}}
