@@ -47,10 +47,15 @@ def checkpoint_name(epoch: int, step: int) -> str:
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoint files in ``folder``, oldest first (temporary files are never matched)."""
-    if not folder.is_dir():
+    """Checkpoint files in ``folder``, oldest first (temporary files are never matched).
+
+    A folder that is missing, or removed while being read (a multi-worker chief clearing
+    the shared folder for a fresh start as another worker looks in), holds none.
+    """
+    try:
+        found = [p for p in folder.iterdir() if _NAME.match(p.name)]
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    found = [p for p in folder.iterdir() if _NAME.match(p.name)]
     return sorted(found, key=lambda p: tuple(int(g) for g in _NAME.match(p.name).groups()))
 
 

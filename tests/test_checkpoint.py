@@ -2,6 +2,8 @@
 old-format key, and that same-shaped variables (Adam's two slots) never swap."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -148,3 +150,20 @@ def test_training_stops_on_an_old_checkpoint_with_the_same_params(project):
     lines = result.stderr.strip().splitlines()
     assert "predates" in lines[-1] and str(path.name) in lines[-1], result.stderr[-2000:]
     assert json.loads(meta.tobytes())["epoch"] == 1
+
+
+def test_a_folder_removed_while_listed_holds_no_checkpoints(tmp_path, monkeypatch):
+    """A non-chief worker lists the shared folder while the chief clears it for a fresh start:
+    the folder exists when looked at and is gone when read. That is no checkpoint, not a crash."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / checkpoint.checkpoint_name(1, 10)).write_bytes(b"x")
+    assert [p.name for p in checkpoint.list_checkpoints(folder)] == [checkpoint.checkpoint_name(1, 10)]
+
+    def removed(self):
+        shutil.rmtree(folder)
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(type(folder), "iterdir", removed)
+    assert checkpoint.list_checkpoints(folder) == []
+    assert checkpoint.list_checkpoints(tmp_path / "dangling") == []
