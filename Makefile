@@ -39,8 +39,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 repro: $(VENV)/.installed  ## run the whole pipeline on params.yaml
 	dvc repro
 
-test: $(VENV)/.installed-dev   ## run the test suite
-	python -m pytest -q tests
+test: $(VENV)/.installed-dev   ## run the test suite: on every core, then the two-process multi-worker tests alone
+	python -m pytest -q -n auto --dist loadfile -m "not multiworker" tests
+	python -m pytest -q -m multiworker tests
 
 gpu:  ## on a Linux GPU box: switch .venv (made if missing) to the CUDA build of the same TensorFlow
 	$(CHECK_PY)
