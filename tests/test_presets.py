@@ -31,8 +31,8 @@ def _keys(name: str) -> set[tuple[str, ...]]:
     return set(presets.overlay(preset_text, shown))
 
 
-def test_the_seven_presets_exist():
-    assert NAMES == ["folder-128", "folder-cond", "folder-fast", "mnist-cond", "mnist-dcgan", "mnist-default",
+def test_the_eight_presets_exist():
+    assert NAMES == ["folder-128", "folder-bf16", "folder-cond", "folder-fast", "mnist-cond", "mnist-dcgan", "mnist-default",
                      "mnist-original"]
 
 
