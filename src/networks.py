@@ -304,11 +304,11 @@ def build_discriminator(model: ModelParams, data: DataParams, num_classes: int =
     return NETWORKS[model.arch].discriminator(model, data, num_classes)
 
 
-def build_reconstructor(discriminator: keras.Model, data: DataParams) -> keras.Model:
+def build_reconstructor(discriminator: keras.Model, model: ModelParams, data: DataParams) -> keras.Model:
     """``discriminator`` with a second output: FastGAN's self-supervised decoder (Liu et al.
     2021, scaled down). From the feature maps D's last block made of an image, nearest 2x
     upsampling and 3x3 convolutions (a quarter of those maps' channels, halving at each
-    step, at least 8) redraw the image at half its side; ``train.reconstruction`` weighs
+    step, at least 8; LeakyReLU of ``model.dcgan.leaky_slope``) redraw the image at half its side; ``train.reconstruction`` weighs
     its error on the real images in D's loss (:func:`src.losses.with_reconstruction`).
 
     Returns a model with D's inputs and outputs ``[logits, reconstruction]`` that shares
@@ -327,7 +327,7 @@ def build_reconstructor(discriminator: keras.Model, data: DataParams) -> keras.M
     while side < target:
         x = layers.UpSampling2D(2, interpolation="nearest")(x)
         x = layers.Conv2D(width, 3, padding="same")(x)
-        x = layers.LeakyReLU(negative_slope=0.2)(x)
+        x = layers.LeakyReLU(negative_slope=model.dcgan.leaky_slope)(x)
         side, width = side * 2, max(width // 2, 8)
     reconstruction = layers.Conv2D(data.channels, 3, padding="same", dtype="float32", name="reconstruction")(x)
     outputs = discriminator.outputs + [reconstruction]

@@ -126,7 +126,7 @@ def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None, cl
         generator = build_generator(params.model, params.data, classes)
         discriminator = build_discriminator(params.model, params.data, len(classes))
         ema_generator = build_generator(params.model, params.data, classes)
-        reconstructor = build_reconstructor(discriminator, params.data) if t.reconstruction > 0 else None
+        reconstructor = build_reconstructor(discriminator, params.model, params.data) if t.reconstruction > 0 else None
         g_opt = _optimizer(t.g_optimizer, t.mixed_precision)
         d_opt = _optimizer(t.d_optimizer, t.mixed_precision)
     return GAN(discriminator, generator, params.model.latent_dim, d_optimizer=d_opt, g_optimizer=g_opt, loss=loss,
