@@ -10,6 +10,11 @@ preset in several variants (``--variants``; each a set of params changes, :data:
 - ``r1``: the preset plus a lazy R1 penalty on real images (``train.r1_gamma``);
 - ``residual``: the preset with a residual discriminator (``model.dcgan.d_residual``);
 - ``recon``: the preset plus FastGAN's self-supervised decoder in D (``train.reconstruction`` 10).
+- ``lr2x``: both learning rates doubled;
+- ``beta0``: Adam's beta1 0 and beta2 0.99 for both networks (StyleGAN2's);
+- ``bs16``: half the batch at the same learning rates: twice the steps per image;
+- ``mbstd``: the discriminator also sees its features' spread over the batch (``model.dcgan.minibatch_std``);
+- ``bilinear``: the generator upsamples by bilinear resizing and a 3x3 conv (``model.dcgan.upsample``).
 
 Every run trains ``--kimg`` thousand images, times its own factor from ``--scale``
 (``half=2.1``: the images that variant trains in the preset's minutes, by the img/s ratio
@@ -63,6 +68,13 @@ VARIANTS = {
     "r1": lambda raw: {"train": {"r1_gamma": 0.01}},  # StyleGAN2-ADA's value for 32-pixel CIFAR-10
     "residual": lambda raw: {"model": {"dcgan": {"d_residual": True}}},
     "recon": lambda raw: {"train": {"reconstruction": 10.0}},  # the error's start (~0.1) near the hinge loss's (~1)
+    "lr2x": lambda raw: {"train": {"g_optimizer": {"learning_rate": 2 * raw["train"]["g_optimizer"]["learning_rate"]},
+                                   "d_optimizer": {"learning_rate": 2 * raw["train"]["d_optimizer"]["learning_rate"]}}},
+    "beta0": lambda raw: {"train": {"g_optimizer": {"beta_1": 0.0, "beta_2": 0.99},
+                                    "d_optimizer": {"beta_1": 0.0, "beta_2": 0.99}}},
+    "bs16": lambda raw: {"train": {"batch_size": raw["train"]["batch_size"] // 2}},  # twice the steps per image
+    "mbstd": lambda raw: {"model": {"dcgan": {"minibatch_std": True}}},
+    "bilinear": lambda raw: {"model": {"dcgan": {"upsample": "bilinear"}}},
 }
 METRIC_SEED = 20240101  # the yardstick: fixed, whatever the run's seed
 
