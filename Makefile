@@ -74,5 +74,5 @@ bench: $(VENV)/.installed  ## speed and memory figures (several minutes)
 # comment stays (src/presets.py). `make preset PRESET=mnist-default` switches back.
 preset:  ## switch params.yaml to a preset: make preset PRESET=folder-fast
 	$(if $(PRESET),,$(error name a preset: make preset PRESET=<one of $(basename $(notdir $(wildcard presets/*.yaml)))>))
-	@python -c "import numpy, yaml" 2>/dev/null || $(MAKE) --no-print-directory $(VENV)/.installed
+	@python -c "import numpy, yaml, ruamel.yaml" 2>/dev/null || $(MAKE) --no-print-directory $(VENV)/.installed
 	@python -m src.presets $(PRESET)

@@ -10,7 +10,7 @@ preset in several variants (``--variants``; each a set of params changes, :data:
 - ``r1``: the preset plus a lazy R1 penalty on real images (``train.r1_gamma``);
 - ``residual``: the preset with a residual discriminator (``model.dcgan.d_residual``);
 - ``recon``: the preset plus FastGAN's self-supervised decoder in D (``train.reconstruction`` 10).
-- ``lr2x``: both learning rates doubled;
+- ``lr2x``, ``lr4x``: both learning rates doubled, or four times the preset's;
 - ``beta0``: Adam's beta1 0 and beta2 0.99 for both networks (StyleGAN2's);
 - ``bs16``: half the batch at the same learning rates: twice the steps per image;
 - ``mbstd``: the discriminator also sees its features' spread over the batch (``model.dcgan.minibatch_std``);
@@ -70,6 +70,8 @@ VARIANTS = {
     "recon": lambda raw: {"train": {"reconstruction": 10.0}},  # the error's start (~0.1) near the hinge loss's (~1)
     "lr2x": lambda raw: {"train": {"g_optimizer": {"learning_rate": 2 * raw["train"]["g_optimizer"]["learning_rate"]},
                                    "d_optimizer": {"learning_rate": 2 * raw["train"]["d_optimizer"]["learning_rate"]}}},
+    "lr4x": lambda raw: {"train": {"g_optimizer": {"learning_rate": 4 * raw["train"]["g_optimizer"]["learning_rate"]},
+                                   "d_optimizer": {"learning_rate": 4 * raw["train"]["d_optimizer"]["learning_rate"]}}},
     "beta0": lambda raw: {"train": {"g_optimizer": {"beta_1": 0.0, "beta_2": 0.99},
                                     "d_optimizer": {"beta_1": 0.0, "beta_2": 0.99}}},
     "bs16": lambda raw: {"train": {"batch_size": raw["train"]["batch_size"] // 2}},  # twice the steps per image

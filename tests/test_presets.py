@@ -124,3 +124,19 @@ def test_make_style_command_line_switches_and_reports(tmp_path):
     assert (tmp_path / "params.yaml").read_text() == _default()
     result = run("nope")
     assert result.returncode == 2 and result.stderr.strip().startswith("error: no preset 'nope' (presets/: folder-128")
+
+
+def test_make_preset_builds_the_environment_unless_every_module_it_needs_is_there():
+    """`make preset` on a fresh clone runs before `make repro`: when the Python on PATH lacks a
+    module that `python -m src.presets` imports (ruamel.yaml, on a system Python that has NumPy
+    and PyYAML), it must build .venv first instead of failing with a traceback."""
+    import re
+    rule = next(line for line in (REPO / "Makefile").read_text().splitlines()
+                if "$(VENV)/.installed" in line and 'python -c "import' in line)
+    checked = {m.strip().split(".")[0] for m in re.search(r'import ([^"]+)"', rule).group(1).split(",")}
+    probe = ("import sys, src.presets; print(' '.join(sorted({m.split('.')[0] for m in sys.modules} "
+             "- set(sys.stdlib_module_names))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.split()
+    third_party = {m for m in loaded if not m.startswith("_") and m not in ("src", "cython_runtime")}
+    assert "ruamel" in third_party and third_party <= checked, (third_party, checked)
