@@ -59,6 +59,11 @@ def _half(raw: dict) -> dict:
                                 "d_filters": [f // 2 for f in d["d_filters"]]}}}
 
 
+def _scaled_learning_rates(raw: dict, factor: float) -> dict:
+    return {"train": {opt: {"learning_rate": factor * raw["train"][opt]["learning_rate"]}
+                      for opt in ("g_optimizer", "d_optimizer")}}
+
+
 # Each variant: the params changes it makes to the preset (a function of the preset's params).
 VARIANTS = {
     "off": lambda raw: {"train": {"augment": {"policy": []}}},
@@ -68,10 +73,8 @@ VARIANTS = {
     "r1": lambda raw: {"train": {"r1_gamma": 0.01}},  # StyleGAN2-ADA's value for 32-pixel CIFAR-10
     "residual": lambda raw: {"model": {"dcgan": {"d_residual": True}}},
     "recon": lambda raw: {"train": {"reconstruction": 10.0}},  # the error's start (~0.1) near the hinge loss's (~1)
-    "lr2x": lambda raw: {"train": {"g_optimizer": {"learning_rate": 2 * raw["train"]["g_optimizer"]["learning_rate"]},
-                                   "d_optimizer": {"learning_rate": 2 * raw["train"]["d_optimizer"]["learning_rate"]}}},
-    "lr4x": lambda raw: {"train": {"g_optimizer": {"learning_rate": 4 * raw["train"]["g_optimizer"]["learning_rate"]},
-                                   "d_optimizer": {"learning_rate": 4 * raw["train"]["d_optimizer"]["learning_rate"]}}},
+    "lr2x": lambda raw: _scaled_learning_rates(raw, 2),
+    "lr4x": lambda raw: _scaled_learning_rates(raw, 4),
     "beta0": lambda raw: {"train": {"g_optimizer": {"beta_1": 0.0, "beta_2": 0.99},
                                     "d_optimizer": {"beta_1": 0.0, "beta_2": 0.99}}},
     "bs16": lambda raw: {"train": {"batch_size": raw["train"]["batch_size"] // 2}},  # twice the steps per image

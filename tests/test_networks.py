@@ -82,7 +82,7 @@ def test_spectral_norm_bounds_the_largest_singular_value(layer):
     sn.build(x.shape)
     sn.kernel.assign(sn.kernel * 25.0)
     stored = np.array(sn.kernel.numpy())
-    for _ in range(100):  # power iteration: enough steps for any gap between the top two singular values
+    for _ in range(100):  # power iteration: converges as fast as the top two singular values are apart
         sn(x, training=True)
     w = stored.reshape(-1, stored.shape[-1])
     sigma = np.linalg.svd(w, compute_uv=False)[0]
