@@ -173,6 +173,8 @@ class TrainParams:
     r1_every: int = _spec(16, check=at_least(1))
     reconstruction: float = _spec(0.0, check=at_least(0.0))
     d_steps: int = _spec(1, check=at_least(1))
+    mirror: bool = False
+    lr_rampdown: float = _spec(0.0, check=between(0.0, 1.0))
     g_optimizer: AdamParams = field(default_factory=AdamParams)
     d_optimizer: AdamParams = field(default_factory=AdamParams)
     ema: EMAParams = field(default_factory=EMAParams)

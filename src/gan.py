@@ -43,6 +43,7 @@ class Draw(enum.IntEnum):
     LOSS = 2           # the loss's own draws (the gradient penalty's mixing weights)
     AUGMENT_REAL = 3   # the augmentation of the real images
     AUGMENT_FAKE = 4   # the augmentation of the generated images
+    MIRROR = 5         # which real images are x-flipped
 
 
 class GAN:
@@ -57,15 +58,16 @@ class GAN:
     its decoder trains with D, and the loss sees its output as ``reconstruction``.
     ``augmenter`` (or None) augments what the discriminator sees with probability
     ``augment_p``, which the loop may change between calls (:attr:`augment_p` is a variable
-    the step reads). Networks and optimizers must have been made under ``strategy``'s scope.
+    the step reads). ``mirror`` x-flips each real image with probability 1/2 before anything
+    else sees it (the generator learns the mirrored pictures too). Networks and optimizers must have been made under ``strategy``'s scope.
     """
 
     def __init__(self, discriminator: keras.Model, generator: keras.Model, latent_dim: int, *,
                  d_optimizer: keras.optimizers.Optimizer, g_optimizer: keras.optimizers.Optimizer,
                  loss: GANLoss, batch_size: int, seed: int, ema_generator: keras.Model,
                  ema_decay: float | None = None, d_steps: int = 1,
-                 augmenter: Augmenter | None = None, augment_p: float = 0.0, jit_compile: bool = False,
-                 strategy: tf.distribute.Strategy | None = None, reconstructor: keras.Model | None = None):
+                 augmenter: Augmenter | None = None, augment_p: float = 0.0, mirror: bool = False,
+                 jit_compile: bool = False, strategy: tf.distribute.Strategy | None = None, reconstructor: keras.Model | None = None):
         self.discriminator, self.generator, self.ema_generator = discriminator, generator, ema_generator
         # D with its self-supervised decoder as a second output (shares D's layers), or None.
         self.reconstructor = reconstructor
@@ -77,6 +79,7 @@ class GAN:
         self.batch_size, self.seed, self.d_steps = batch_size, seed, d_steps
         self.ema_decay = ema_decay
         self.augmenter = augmenter
+        self.mirror = mirror
         self.jit_compile = jit_compile
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
@@ -103,6 +106,21 @@ class GAN:
         """The generator's input noise at ``step``: (batch, latent_dim), standard normal."""
         return tf.random.stateless_normal([batch, self.latent_dim], seed=self.draw_seed(step, Draw.LATENTS))
 
+    def mirrored(self, real, step):
+        """``real`` with each image x-flipped with probability 1/2 (the draws of ``step``),
+        or ``real`` itself when mirroring is off."""
+        if not self.mirror:
+            return real
+        flip = tf.random.stateless_uniform([tf.shape(real)[0], 1, 1, 1], seed=self.draw_seed(step, Draw.MIRROR)) < 0.5
+        return tf.where(flip, tf.reverse(real, axis=[2]), real)
+
+    def set_learning_rates(self, g_rate: float, d_rate: float) -> None:
+        """The optimizers' learning rates from now on (between compiled calls: the step reads
+        their variables)."""
+        for opt, rate in ((self.g_opt, g_rate), (self.d_opt, d_rate)):
+            inner = getattr(opt, "inner_optimizer", opt)  # a LossScaleOptimizer's own
+            inner.learning_rate.assign(np.float32(rate))
+
     def augment(self, images, step, purpose: Draw):
         """What D sees: ``images`` augmented with the draws of ``purpose`` at ``step``."""
         if self.augmenter is None:
@@ -121,7 +139,7 @@ class GAN:
         batch's labels.
         """
         z = self.latents(step, tf.shape(real)[0])
-        real = self.augment(real, step, Draw.AUGMENT_REAL)
+        real = self.augment(self.mirrored(real, step), step, Draw.AUGMENT_REAL)
         critic = self.critic(labels)
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             g_input = z if labels is None else [z, labels]

@@ -132,8 +132,16 @@ def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None, cl
     return GAN(discriminator, generator, params.model.latent_dim, d_optimizer=d_opt, g_optimizer=g_opt, loss=loss,
                batch_size=t.batch_size, seed=params.common.seed, ema_generator=ema_generator,
                ema_decay=t.ema.decay if t.ema.enabled else None, d_steps=t.d_steps,
-               augmenter=augmenter, augment_p=t.augment.probability, jit_compile=t.jit_compile, strategy=strategy,
-               reconstructor=reconstructor)
+               augmenter=augmenter, augment_p=t.augment.probability, mirror=t.mirror,
+               jit_compile=t.jit_compile, strategy=strategy, reconstructor=reconstructor)
+
+
+def rampdown_factor(step: int, total_steps: int, rampdown: float) -> float:
+    """The learning rate's factor at ``step`` of ``total_steps``: 1 until the last ``rampdown``
+    fraction of the steps, then falling linearly to 0 at the end (1 throughout for 0)."""
+    if rampdown <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (total_steps - step) / (rampdown * total_steps)))
 
 
 def _optimizer(p: AdamParams, mixed_precision: str) -> keras.optimizers.Optimizer:
@@ -332,6 +340,7 @@ class Run:
         started, steps_before = time.perf_counter(), state.step_in_epoch
         while state.step_in_epoch < self.plan.steps_per_epoch:
             n = self.plan.chunk_at(state.step_in_epoch)
+            self._set_learning_rates(state.step)
             chunk_sums, bad = self.gan.train_chunk(next(batches), state.step, n)
             if bad >= 0:
                 raise NonFiniteLoss(f"train: non-finite loss at epoch {state.epoch + 1}, step {bad} "
@@ -347,6 +356,14 @@ class Run:
                      f"checkpoint {path}; `dvc repro` resumes from there")
                 raise SystemExit(128 + stop.signum)
         return state.step_in_epoch - steps_before, time.perf_counter() - started
+
+    def _set_learning_rates(self, step: int) -> None:
+        """The rates of the chunk that starts at ``step``: the params' own, times
+        :func:`rampdown_factor` (a function of the step alone, so a resumed run uses the rates
+        an uninterrupted one would, whatever rates its checkpoint holds)."""
+        t = self.params.train
+        f = rampdown_factor(step, t.epochs * self.plan.steps_per_epoch, t.lr_rampdown)
+        self.gan.set_learning_rates(t.g_optimizer.learning_rate * f, t.d_optimizer.learning_rate * f)
 
     def _adapt_augmentation(self, state: RunState, chunk_sums: dict[str, float], n: int) -> None:
         a = self.params.train.augment

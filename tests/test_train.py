@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 
 from conftest import REPO, run_stage, tiny_params
 from src import checkpoint, runtime
 from src.atomic import load_arrays
 from src.train_log import image_files, read_rows
 from src.gan import STEP_RESULTS
-from src.training_loop import LOG_COLUMNS, TrainPaths, build_gan, train
+from src.training_loop import LOG_COLUMNS, TrainPaths, build_gan, rampdown_factor, train
 
 PATHS = dict(checkpoints="outputs/checkpoints", snapshots="outputs/snapshots",
              log="outputs/train_log", generator="outputs/generator.keras",
@@ -125,7 +127,7 @@ import numpy as np
 from conftest import tiny_raw, write_processed, blob_images
 from src.config import parse_params
 from src.training_loop import train, TrainPaths
-raw = tiny_raw(train={{"strategy": "mirrored", "epochs": 2, "steps_per_call": 2,
+raw = tiny_raw(train={{"strategy": "mirrored", "epochs": 2, "steps_per_call": 2, "mirror": True, "lr_rampdown": 1.0,
                       "augment": {{"policy": ["color", "translation", "cutout"], "adaptive": True}}}},
                model={{"dcgan": {{"spectral_norm": True}}}})
 raw["data"]["folder"] = {str(tmp_path)!r}
@@ -189,6 +191,46 @@ def test_resume_gives_the_same_weights(project, tmp_path_factory, variant):
     assert "resuming from" in second.stderr + second.stdout
     _assert_same_state(reference, _final_state(other))
     assert list(read_rows(other / PATHS["log"])) == [1, 2]
+
+
+def test_learning_rates_ramp_down_linearly_to_zero_over_the_last_fraction():
+    total = 100
+    assert rampdown_factor(0, total, 0.0) == rampdown_factor(99, total, 0.0) == 1.0
+    assert rampdown_factor(0, total, 0.5) == rampdown_factor(50, total, 0.5) == 1.0
+    assert rampdown_factor(75, total, 0.5) == pytest.approx(0.5)
+    assert rampdown_factor(100, total, 0.5) == 0.0
+    whole = [rampdown_factor(s, total, 1.0) for s in range(total + 1)]
+    assert all(a > b for a, b in zip(whole, whole[1:])) and whole[-1] == 0.0
+
+
+def test_mirror_and_rampdown_resume_to_the_same_weights(project, tmp_path_factory):
+    """A run stopped mid-way (SIGINT after its 6th of 8 chunks) and resumed ends with the
+    weights of one that was not: the rates and the flips are functions of the step."""
+    override = dict(train={"epochs": 2, "steps_per_epoch": 4, "checkpoint_every": 1,
+                           "mirror": True, "lr_rampdown": 1.0})
+    straight = project(**override)
+    assert run_stage(straight, "train").returncode == 0
+    reference = _final_state(straight)
+
+    stopped = _copy_project(straight, tmp_path_factory.mktemp("stopped"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "GAN_FAULT": "chunk:6:INT"}
+    first = subprocess.run([sys.executable, str(REPO / "stages" / "train.py")], cwd=stopped, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 128 + signal.SIGINT, first.stderr[-2000:]
+    resumed = run_stage(stopped, "train")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr + resumed.stdout
+    _assert_same_state(reference, _final_state(stopped))
+
+    # Each option changes the weights (else the comparison above proves nothing about it).
+    for key, off in (("mirror", False), ("lr_rampdown", 0.0)):
+        other = _copy_project(straight, tmp_path_factory.mktemp(f"no-{key}"))
+        raw = yaml.safe_load((other / "params.yaml").read_text())
+        raw["train"][key] = off
+        (other / "params.yaml").write_text(yaml.safe_dump(raw))
+        assert run_stage(other, "train").returncode == 0
+        state = _final_state(other)
+        assert any(not np.array_equal(reference[k], state[k]) for k in reference), key
 
 
 def test_killed_run_resumes_to_the_same_weights(project, tmp_path_factory):
@@ -335,3 +377,18 @@ def test_lower_epochs_resumes_from_an_earlier_checkpoint(project):
     assert [p.name for p in checkpoint.list_checkpoints(paths.checkpoints)][-1] == checkpoint.checkpoint_name(2, 6)
     assert sorted(p.name for p in paths.snapshots.iterdir()) == ["generator_epoch_0001.npz", "generator_epoch_0002.npz"]
     _assert_same_state(at_two, load_arrays(checkpoint.list_checkpoints(paths.checkpoints)[-1]))
+
+
+def test_mirror_flips_about_half_the_real_images_the_same_way_at_the_same_step():
+    images = tf.random.stateless_uniform([64, 8, 8, 3], seed=[1, 2])
+    gan = build_gan(tiny_params(train={"mirror": True}))
+    with tf.distribute.get_strategy().scope():
+        once, again, later = (gan.mirrored(images, step).numpy() for step in (3, 3, 4))
+    np.testing.assert_array_equal(once, again)
+    flipped = [np.array_equal(m, x[:, ::-1]) for m, x in zip(once, images.numpy())]
+    kept = [np.array_equal(m, x) for m, x in zip(once, images.numpy())]
+    assert all(f != k for f, k in zip(flipped, kept))  # each image exactly one of the two
+    assert 16 <= sum(flipped) <= 48
+    assert not np.array_equal(once, later)
+    off = build_gan(tiny_params(train={"mirror": False}))
+    assert off.mirrored(images, 3) is images
