@@ -109,6 +109,16 @@ def _live_class():
             except Exception:  # noqa: BLE001 - scmrepo/dulwich raise many types
                 self._save_dvc_exp = False
 
+        def make_summary(self):
+            # DVCLive rewrites metrics.json in place after every epoch; a reader (dvc metrics
+            # show, a plot, a test) caught between its truncate and its write saw an empty
+            # file. Same bytes as DVCLive's dump_json, written to a temp file and renamed.
+            from dvclive.plots import NumpyEncoder
+
+            if self._step is not None:
+                self.summary["step"] = self.step
+            write_text(self.metrics_file, json.dumps(self.summary, indent=4, cls=NumpyEncoder) + "\n")
+
     return _Live
 
 
