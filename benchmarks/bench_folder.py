@@ -145,7 +145,12 @@ def score_runs(args, keep: Path) -> list[dict]:
     from src.metrics import ruler
     from src.metrics.classifier import to_unit_range
 
-    _, shards = open_shards(keep / "processed0")
+    whole = keep / "processed0"
+    if not (whole / "manifest.json").exists():  # only subsets were trained: the whole folder is still the reference
+        from src.preprocess import preprocess
+        raw = merge(preset_params(args.preset, REPO / "params.yaml"), {"data": {"folder": str(Path(args.folder))}})
+        preprocess(parse_params(raw).data, 0, whole)
+    _, shards = open_shards(whole)
     reference = to_unit_range(np.concatenate([np.asarray(s) for s in shards]), (0.0, 1.0))
     rows = []
     for subset in args.subsets:

@@ -26,7 +26,7 @@ TINY = {
     "train": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "checkpoint_every": 1,
               "keep_checkpoints": 2, "steps_per_call": 1},
     "sample": {"every_epochs": 1, "count": 4, "grid_columns": 2, "progress_columns": 2},
-    "evaluate": {"num_samples": 16, "batch_size": 8, "kid_subsets": 2, "kid_subset_size": 8},
+    "evaluate": {"num_samples": 16, "batch_size": 8, "kid_subsets": 2, "kid_subset_size": 8, "bootstrap": 10},
 }
 
 

@@ -21,7 +21,7 @@ from src.metrics import classifier as cls
 from src.metrics import inception
 from src.metrics import ruler
 
-FEW = {"num_samples": 200, "batch_size": 100, "kid_subsets": 10, "kid_subset_size": 50,
+FEW = {"num_samples": 200, "batch_size": 100, "kid_subsets": 10, "kid_subset_size": 50, "bootstrap": 10,
        "swd_patches_per_image": 8, "swd_projections": 32, "curve_samples": 100}
 
 

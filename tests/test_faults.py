@@ -40,7 +40,7 @@ TINY = {
     "train": {"epochs": 4, "steps_per_epoch": 2, "batch_size": 16, "checkpoint_every": 1,
               "keep_checkpoints": 3, "steps_per_call": 1},
     "sample": {"every_epochs": 2, "count": 8, "grid_columns": 4, "progress_columns": 4},
-    "evaluate": {"num_samples": 64, "batch_size": 64, "kid_subsets": 2, "kid_subset_size": 32,
+    "evaluate": {"num_samples": 64, "batch_size": 64, "kid_subsets": 2, "kid_subset_size": 32, "bootstrap": 10,
                  "swd_patches_per_image": 8, "swd_projections": 32, "curve_samples": 32,
                  "classifier": {"epochs": 1, "batch_size": 64}},
 }

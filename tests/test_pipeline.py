@@ -34,7 +34,7 @@ TINY_MNIST = {
               "mlp": {"g_units": [32, 64], "d_units": [64, 32]}},
     "train": {"epochs": 4, "steps_per_epoch": 2, "batch_size": 16, "checkpoint_every": 2},
     "sample": {"every_epochs": 2},
-    "evaluate": {"num_samples": 64, "batch_size": 32, "kid_subsets": 2, "kid_subset_size": 32,
+    "evaluate": {"num_samples": 64, "batch_size": 32, "kid_subsets": 2, "kid_subset_size": 32, "bootstrap": 10,
                  "curve_samples": 32, "classifier": {"epochs": 1, "batch_size": 64}},
 }
 
@@ -43,7 +43,7 @@ TINY_FOLDER = {
     "model": {"latent_dim": 16, "dcgan": {"g_filters": [16, 8], "d_filters": [8, 16]}},
     "train": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 8, "checkpoint_every": 1},
     "sample": {"every_epochs": 1, "count": 8, "grid_columns": 4, "progress_columns": 4},
-    "evaluate": {"num_samples": 16, "batch_size": 16, "kid_subsets": 2, "kid_subset_size": 8,
+    "evaluate": {"num_samples": 16, "batch_size": 16, "kid_subsets": 2, "kid_subset_size": 8, "bootstrap": 10,
                  "swd_patches_per_image": 16, "swd_projections": 64, "inception_weights": "off",
                  "curve_samples": 16, "classifier": {"epochs": 1, "batch_size": 64}},
 }
