@@ -14,7 +14,7 @@ preset in several variants (``--variants``; each a set of params changes, :data:
 - ``beta0``: Adam's beta1 0 and beta2 0.99 for both networks (StyleGAN2's);
 - ``bs16``: half the batch at the same learning rates: twice the steps per image;
 - ``mbstd``: the discriminator also sees its features' spread over the batch (``model.dcgan.minibatch_std``);
-- ``bilinear``: the generator upsamples by bilinear resizing and a 3x3 conv (``model.dcgan.upsample``).
+- ``bilinear``: the generator upsamples by bilinear resizing and a 3x3 conv (``model.dcgan.upsample``);
 - ``mirror``: each real image x-flipped with probability 1/2 (``train.mirror``);
 - ``rampdown``: both learning rates fall linearly to 0 over the second half (``train.lr_rampdown`` 0.5).
 

@@ -129,13 +129,21 @@ def fingerprint(params: Params, manifest: dict) -> dict:
     """Everything that shapes the training trajectory; a change means a fresh start.
 
     ``train.epochs`` is left out on purpose: raising it continues a finished run, which
-    gives the same weights as one run to the new count. How often checkpoints are kept
-    and the sample schedule do not change the weights either, nor does how the C library
-    hands memory back (``train.malloc_top_pad_mb``).
+    gives the same weights as one run to the new count. Not with ``train.lr_rampdown``:
+    the rates then follow the run's length, so another length is another run. How often
+    checkpoints are kept and the sample schedule do not change the weights either, nor
+    does how the C library hands memory back (``train.malloc_top_pad_mb``). ``mirror``
+    and ``lr_rampdown`` at their defaults are left out: a checkpoint from before they
+    existed was made without them and resumes.
     """
     train = {k: v for k, v in to_dict(params.train).items()
              if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout", "tensorboard",
                            "malloc_top_pad_mb")}
+    for key, default in (("mirror", False), ("lr_rampdown", 0.0)):
+        if train[key] == default:
+            del train[key]
+    if params.train.lr_rampdown > 0:
+        train["epochs"] = params.train.epochs
     shards = [s["sha256"] for s in manifest["shards"]]
     data = {k: v for k, v in to_dict(params.data).items() if k in ("image_size", "channels", "range")}
     model = to_dict(params.model)

@@ -203,6 +203,28 @@ def test_learning_rates_ramp_down_linearly_to_zero_over_the_last_fraction():
     assert all(a > b for a, b in zip(whole, whole[1:])) and whole[-1] == 0.0
 
 
+def test_with_rampdown_another_length_starts_fresh(project):
+    """The rates follow the run's length: with lr_rampdown, raising train.epochs is a new run
+    (without it, the same run continued), and checkpoints from before mirror/lr_rampdown
+    existed (no such keys in their fingerprint) still resume when both are at their defaults."""
+    manifest = {"shards": [{"sha256": "x"}]}
+    fp = lambda **t: checkpoint.fingerprint(tiny_params(train=t), manifest)  # noqa: E731
+    assert fp(epochs=1) == fp(epochs=2) and "mirror" not in fp()["train"] and "lr_rampdown" not in fp()["train"]
+    assert fp(epochs=1, lr_rampdown=0.5) != fp(epochs=2, lr_rampdown=0.5)
+    assert fp(mirror=True) != fp() and fp(lr_rampdown=0.5) != fp()
+
+    root = project(train={"epochs": 1, "lr_rampdown": 0.5})
+    paths = _paths(root)
+    train(tiny_params(train={"epochs": 1, "lr_rampdown": 0.5}), root / "data" / "processed", paths)
+    import contextlib
+    import io
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        train(tiny_params(train={"epochs": 2, "lr_rampdown": 0.5}), root / "data" / "processed", paths)
+    assert "train.epochs" in buffer.getvalue() and "starting fresh" in buffer.getvalue(), buffer.getvalue()
+    assert read_rows(root / PATHS["log"]) and list(read_rows(root / PATHS["log"])) == [1, 2]
+
+
 def test_mirror_and_rampdown_resume_to_the_same_weights(project, tmp_path_factory):
     """A run stopped mid-way (SIGINT after its 6th of 8 chunks) and resumed ends with the
     weights of one that was not: the rates and the flips are functions of the step."""
