@@ -109,17 +109,25 @@ def _score(params, snapshot: Path, reference: np.ndarray, samples: int, net) -> 
     return {k: m[k] for k in ("fd_random", "fd_random_ci95", "swd", "swd_ci95")}
 
 
+def _processed(args, subset: int, keep: Path) -> tuple[dict, Path]:
+    """The preset's params on ``subset`` images of ``--folder`` (0: all) and its shards in
+    ``keep``/processed<subset>, preprocessed once."""
+    from src.preprocess import preprocess
+
+    folder = _subset_folder(Path(args.folder), subset, 0, keep / f"subset{subset}")
+    raw = merge(preset_params(args.preset, REPO / "params.yaml"), {"data": {"folder": str(folder)}})
+    processed = keep / f"processed{subset}"
+    if not (processed / "manifest.json").exists():
+        preprocess(parse_params(raw).data, 0, processed)
+    return raw, processed
+
+
 def train_runs(args, keep: Path) -> None:
     """Train every (subset, mode) into ``keep``/run-<subset>-<mode>; snapshot times in times.tsv."""
-    from src.preprocess import preprocess
     from src.training_loop import TrainPaths, train
 
-    base = preset_params(args.preset, REPO / "params.yaml")
     for subset in args.subsets:
-        folder = _subset_folder(Path(args.folder), subset, 0, keep / f"subset{subset}")
-        raw = merge(base, {"data": {"folder": str(folder)}})
-        processed = keep / f"processed{subset}"
-        preprocess(parse_params(raw).data, 0, processed)
+        raw, processed = _processed(args, subset, keep)
         for mode in args.variants:
             t = raw["train"]
             images_per_epoch = args.steps * t["batch_size"]  # the same epoch length for every subset
@@ -145,11 +153,7 @@ def score_runs(args, keep: Path) -> list[dict]:
     from src.metrics import ruler
     from src.metrics.classifier import to_unit_range
 
-    whole = keep / "processed0"
-    if not (whole / "manifest.json").exists():  # only subsets were trained: the whole folder is still the reference
-        from src.preprocess import preprocess
-        raw = merge(preset_params(args.preset, REPO / "params.yaml"), {"data": {"folder": str(Path(args.folder))}})
-        preprocess(parse_params(raw).data, 0, whole)
+    _, whole = _processed(args, 0, keep)  # the whole folder is the reference, also when only subsets trained
     _, shards = open_shards(whole)
     reference = to_unit_range(np.concatenate([np.asarray(s) for s in shards]), (0.0, 1.0))
     rows = []

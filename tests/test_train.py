@@ -210,7 +210,7 @@ def test_learning_rates_ramp_down_linearly_to_zero_over_the_last_fraction():
     assert all(a > b for a, b in zip(whole, whole[1:])) and whole[-1] == 0.0
 
 
-def test_with_rampdown_another_length_starts_fresh(project):
+def test_with_rampdown_another_length_starts_fresh(project, capsys):
     """The rates follow the run's length: with lr_rampdown, raising train.epochs is a new run
     (without it, the same run continued), and checkpoints from before mirror/lr_rampdown
     existed (no such keys in their fingerprint) still resume when both are at their defaults."""
@@ -223,12 +223,10 @@ def test_with_rampdown_another_length_starts_fresh(project):
     root = project(train={"epochs": 1, "lr_rampdown": 0.5})
     paths = _paths(root)
     train(tiny_params(train={"epochs": 1, "lr_rampdown": 0.5}), root / "data" / "processed", paths)
-    import contextlib
-    import io
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        train(tiny_params(train={"epochs": 2, "lr_rampdown": 0.5}), root / "data" / "processed", paths)
-    assert "train.epochs" in buffer.getvalue() and "starting fresh" in buffer.getvalue(), buffer.getvalue()
+    capsys.readouterr()
+    train(tiny_params(train={"epochs": 2, "lr_rampdown": 0.5}), root / "data" / "processed", paths)
+    said = "".join(capsys.readouterr())
+    assert "train.epochs" in said and "starting fresh" in said, said
     assert read_rows(root / PATHS["log"]) and list(read_rows(root / PATHS["log"])) == [1, 2]
 
 
