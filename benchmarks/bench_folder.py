@@ -95,9 +95,11 @@ def _subset_folder(folder: Path, n: int, seed: int, into: Path) -> Path:
     from src.images import list_images
     files = list_images(folder)
     picks = np.random.default_rng(seed).choice(len(files), size=min(n, len(files)), replace=False)
-    into.mkdir(parents=True)
+    into.mkdir(parents=True, exist_ok=True)  # a kept folder (--keep) is reused: the picks are seeded
     for i in sorted(picks):
-        (into / f"{i:05d}_{Path(files[i]).name}").symlink_to((folder / files[i]).resolve())
+        link = into / f"{i:05d}_{Path(files[i]).name}"
+        if not link.is_symlink():
+            link.symlink_to((folder / files[i]).resolve())
     return into
 
 

@@ -26,7 +26,7 @@ from src.pictures import PAD, read_png
 from src.render import render_samples
 from src.sampling import balanced_labels, grid_inputs, run_generator, to_uint8
 from src.training_loop import DataPlan, build_gan
-from test_train import _assert_same_state, _copy_project, _final_state
+from test_train import _assert_same_state, _final_state, _resume_after_losing_the_last_checkpoint
 
 CLASSES = ["top", "bottom", "left"]
 
@@ -133,14 +133,7 @@ def test_labelled_run_resumes_to_the_same_weights(project, tmp_path_factory, var
     reference = _final_state(straight)
     assert any("projection" in key for key in reference) and any("class_embedding" in key for key in reference)
 
-    other = _copy_project(straight, tmp_path_factory.mktemp("resumed"))
-    text = (other / "params.yaml").read_text()
-    (other / "params.yaml").write_text(text.replace("epochs: 2", "epochs: 1"))
-    assert run_stage(other, "train").returncode == 0
-    (other / "params.yaml").write_text(text)
-    second = run_stage(other, "train")
-    assert second.returncode == 0, second.stderr
-    assert "resuming from" in second.stderr + second.stdout
+    other = _resume_after_losing_the_last_checkpoint(straight, tmp_path_factory.mktemp("resumed"))
     _assert_same_state(reference, _final_state(other))
 
 

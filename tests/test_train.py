@@ -171,20 +171,21 @@ def _assert_same_state(a: dict, b: dict):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-@pytest.mark.parametrize("variant", [
-    {},  # the tiny DCGAN, one step per call
-    {"model": {"arch": "mlp"}, "train": {"jit_compile": True, "steps_per_call": 2, "steps_per_epoch": 5}},
-    # The small-folder options: adaptive augmentation (its probability is checkpointed state),
-    # spectral norm (its power-iteration vectors too), resize upsampling, minibatch std, a residual
-    # D with FastGAN's decoder (its weights and their Adam moments are checkpointed) and lazy R1.
-    {"model": {"dcgan": {"spectral_norm": True, "upsample": "bilinear", "minibatch_std": True, "dropout": 0.0,
-                         "d_residual": True}},
-     "train": {"augment": {"policy": ["color", "translation", "cutout"], "probability": 0.3, "adaptive": True,
-                           "speed_kimg": 0.05}, "reconstruction": 1.0, "r1_gamma": 1.0, "r1_every": 2}},
-], ids=["dcgan", "mlp-xla-chunks", "dcgan-adaptive-augment-sn"])
-def test_resume_gives_the_same_weights(project, tmp_path_factory, variant):
-    override = {**variant, "train": {**variant.get("train", {}), "epochs": 2}}
-    straight = project(**override)
+def _resume_after_losing_the_last_checkpoint(straight: Path, target: Path):
+    """A copy of the finished run in ``straight`` whose newest checkpoint is gone (as if the
+    run had been killed while writing it), trained again: it must resume from the one before."""
+    other = _copy_project(straight, target)
+    subprocess.run(["cp", "-r", str(straight / "outputs"), str(other)], check=True)
+    *_, before, last = checkpoint.list_checkpoints(other / PATHS["checkpoints"])
+    (other / PATHS["checkpoints"] / last.name).unlink()
+    result = run_stage(other, "train")
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from {PATHS['checkpoints']}/{before.name}" in result.stderr + result.stdout
+    return other
+
+
+def test_raising_epochs_continues_a_finished_run_to_the_same_weights(project, tmp_path_factory):
+    straight = project(train={"epochs": 2})
     assert run_stage(straight, "train").returncode == 0
     reference = _final_state(straight)
 
@@ -198,6 +199,25 @@ def test_resume_gives_the_same_weights(project, tmp_path_factory, variant):
     assert "resuming from" in second.stderr + second.stdout
     _assert_same_state(reference, _final_state(other))
     assert list(read_rows(other / PATHS["log"])) == [1, 2]
+
+
+@pytest.mark.parametrize("variant", [
+    {"model": {"arch": "mlp"}, "train": {"jit_compile": True, "steps_per_call": 2, "steps_per_epoch": 5}},
+    # The small-folder options: adaptive augmentation (its probability is checkpointed state),
+    # spectral norm (its power-iteration vectors too), resize upsampling, minibatch std, a residual
+    # D with FastGAN's decoder (its weights and their Adam moments are checkpointed) and lazy R1.
+    {"model": {"dcgan": {"spectral_norm": True, "upsample": "bilinear", "minibatch_std": True, "dropout": 0.0,
+                         "d_residual": True}},
+     "train": {"augment": {"policy": ["color", "translation", "cutout"], "probability": 0.3, "adaptive": True,
+                           "speed_kimg": 0.05}, "reconstruction": 1.0, "r1_gamma": 1.0, "r1_every": 2}},
+], ids=["mlp-xla-chunks", "dcgan-adaptive-augment-sn"])
+def test_resume_gives_the_same_weights(project, tmp_path_factory, variant):
+    straight = project(**{**variant, "train": {**variant.get("train", {}), "epochs": 2}})
+    assert run_stage(straight, "train").returncode == 0
+    reference = _final_state(straight)
+    other = _resume_after_losing_the_last_checkpoint(straight, tmp_path_factory.mktemp("resumed"))
+    _assert_same_state(reference, _final_state(other))
+    assert list(read_rows(other / PATHS["log"])) == [1, 2]  # epoch 2's row once, not twice
 
 
 def test_learning_rates_ramp_down_linearly_to_zero_over_the_last_fraction():
