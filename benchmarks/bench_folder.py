@@ -75,6 +75,7 @@ VARIANTS = {
     "r1": lambda raw: {"train": {"r1_gamma": 0.01}},  # StyleGAN2-ADA's value for 32-pixel CIFAR-10
     "residual": lambda raw: {"model": {"dcgan": {"d_residual": True}}},
     "recon": lambda raw: {"train": {"reconstruction": 10.0}},  # the error's start (~0.1) near the hinge loss's (~1)
+    "recon1": lambda raw: {"train": {"reconstruction": 1.0}},  # a tenth of that weight
     "lr2x": lambda raw: _scaled_learning_rates(raw, 2),
     "lr4x": lambda raw: _scaled_learning_rates(raw, 4),
     "beta0": lambda raw: {"train": {"g_optimizer": {"beta_1": 0.0, "beta_2": 0.99},
