@@ -132,16 +132,11 @@ def fingerprint(params: Params, manifest: dict) -> dict:
     gives the same weights as one run to the new count. Not with ``train.lr_rampdown``:
     the rates then follow the run's length, so another length is another run. How often
     checkpoints are kept and the sample schedule do not change the weights either, nor
-    does how the C library hands memory back (``train.malloc_top_pad_mb``). ``mirror``
-    and ``lr_rampdown`` at their defaults are left out: a checkpoint from before they
-    existed was made without them and resumes.
+    does how the C library hands memory back (``train.malloc_top_pad_mb``).
     """
     train = {k: v for k, v in to_dict(params.train).items()
              if k not in ("epochs", "checkpoint_every", "keep_checkpoints", "worker_timeout", "tensorboard",
                            "malloc_top_pad_mb")}
-    for key, default in (("mirror", False), ("lr_rampdown", 0.0)):
-        if train[key] == default:
-            del train[key]
     if params.train.lr_rampdown > 0:
         train["epochs"] = params.train.epochs
     shards = [s["sha256"] for s in manifest["shards"]]
@@ -156,16 +151,33 @@ def fingerprint(params: Params, manifest: dict) -> dict:
             "classes": list(classes), "labels": labels}
 
 
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+_NOT_THERE = object()
+
+
+def _changed_keys(old: dict, new: dict, defaults: Any = _NOT_THERE, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between fingerprints ``old`` and ``new``.
+
+    A key that ``old`` lacks, while ``new`` holds it at its default (``defaults``: the
+    fingerprint of the params' defaults), is no change: the checkpoint was made before that
+    key existed, when the code behaved as its default does (every key added is added so).
+    """
     keys = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, _NOT_THERE), new.get(key, _NOT_THERE)
+        default = defaults.get(key, _NOT_THERE) if isinstance(defaults, dict) else _NOT_THERE
         name = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, name + ".")
+            keys += _changed_keys(a, b, default, name + ".")
+        elif a is _NOT_THERE and default is not _NOT_THERE and b == default:
+            continue
         elif a != b:
             keys.append("data shards" if name == "shards" else name)
     return keys
+
+
+def _default_fingerprint() -> dict:
+    """The fingerprint of the params' defaults: what each key meant before it existed."""
+    return fingerprint(Params(), {"shards": []})
 
 
 def resume_point(folder: Path, made_with: dict, epochs: int,
@@ -181,7 +193,7 @@ def resume_point(folder: Path, made_with: dict, epochs: int,
     if found is None:
         return None
     arrays, meta, path = found
-    changed = _changed_keys(meta["fingerprint"], made_with)
+    changed = _changed_keys(meta["fingerprint"], made_with, _default_fingerprint())
     if changed:
         say(f"train: params changed since {path} ({', '.join(changed[:6])}); starting fresh")
         return None

@@ -232,13 +232,26 @@ def test_learning_rates_ramp_down_linearly_to_zero_over_the_last_fraction():
 
 def test_with_rampdown_another_length_starts_fresh(project, capsys):
     """The rates follow the run's length: with lr_rampdown, raising train.epochs is a new run
-    (without it, the same run continued), and checkpoints from before mirror/lr_rampdown
-    existed (no such keys in their fingerprint) still resume when both are at their defaults."""
+    (without it, the same run continued), and a checkpoint from before a key existed (no such
+    key in its fingerprint) still resumes when the key is at its default, and not otherwise."""
     manifest = {"shards": [{"sha256": "x"}]}
     fp = lambda **t: checkpoint.fingerprint(tiny_params(train=t), manifest)  # noqa: E731
-    assert fp(epochs=1) == fp(epochs=2) and "mirror" not in fp()["train"] and "lr_rampdown" not in fp()["train"]
+    assert fp(epochs=1) == fp(epochs=2)
     assert fp(epochs=1, lr_rampdown=0.5) != fp(epochs=2, lr_rampdown=0.5)
     assert fp(mirror=True) != fp() and fp(lr_rampdown=0.5) != fp()
+
+    def changed(new, *dropped):  # what a checkpoint made before the ``dropped`` keys existed sees
+        old = checkpoint.fingerprint(tiny_params(), manifest)
+        for section, key in dropped:
+            del old[section][key]
+        return checkpoint._changed_keys(old, new, checkpoint._default_fingerprint())
+    before = [("train", "mirror"), ("train", "lr_rampdown"), ("train", "reconstruction")]
+    assert changed(fp(), *before) == []
+    assert changed(fp(mirror=True), *before) == ["train.mirror"]
+    assert changed(fp(reconstruction=1.0), *before) == ["train.reconstruction"]
+    assert changed(fp(lr_rampdown=0.5), *before) == ["train.epochs", "train.lr_rampdown"]
+    assert changed(fp(epochs=7), ("train", "mirror")) == []
+    assert changed(fp(mirror=True)) == ["train.mirror"]  # keys both have compare as before
 
     root = project(train={"epochs": 1, "lr_rampdown": 0.5})
     paths = _paths(root)
