@@ -121,6 +121,18 @@ def project(tmp_path):
     return make
 
 
+# The train stage's outputs in a project made by the ``project`` fixture (as dvc.yaml names them).
+TRAIN_PATHS = dict(checkpoints="outputs/checkpoints", snapshots="outputs/snapshots",
+                   log="outputs/train_log", generator="outputs/generator.keras",
+                   environment="outputs/environment.json", tensorboard="outputs/tensorboard")
+
+
+def train_paths(root: Path):
+    """:class:`src.training_loop.TrainPaths` of the project at ``root``."""
+    from src.training_loop import TrainPaths
+    return TrainPaths(**{k: root / v for k, v in TRAIN_PATHS.items()})
+
+
 def run_stage(project_dir: Path, stage: str, timeout: float = 300, **kwargs):
     """Run ``stages/<stage>.py`` of this repo with ``project_dir`` as the working folder."""
     import subprocess
