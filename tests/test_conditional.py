@@ -26,7 +26,7 @@ from src.pictures import PAD, read_png
 from src.render import render_samples
 from src.sampling import balanced_labels, grid_inputs, run_generator, to_uint8
 from src.training_loop import DataPlan, build_gan
-from test_train import _assert_same_state, _final_state, _resume_after_losing_the_last_checkpoint
+from test_resume import _assert_same_state, _final_state, _resume_after_losing_the_last_checkpoint
 
 CLASSES = ["top", "bottom", "left"]
 
