@@ -15,6 +15,7 @@ preset in several variants (``--variants``; each a set of params changes, :data:
 - ``bs16``: half the batch at the same learning rates: twice the steps per image;
 - ``mbstd``: the discriminator also sees its features' spread over the batch (``model.dcgan.minibatch_std``);
 - ``bilinear``: the generator upsamples by bilinear resizing and a 3x3 conv (``model.dcgan.upsample``);
+- ``bilinear_image``: only the last upsampling, into the image, so (``model.dcgan.upsample_image``);
 - ``mirror``: each real image x-flipped with probability 1/2 (``train.mirror``);
 - ``rampdown``: both learning rates fall linearly to 0 over the second half (``train.lr_rampdown`` 0.5).
 
@@ -83,6 +84,7 @@ VARIANTS = {
     "bs16": lambda raw: {"train": {"batch_size": raw["train"]["batch_size"] // 2}},  # twice the steps per image
     "mbstd": lambda raw: {"model": {"dcgan": {"minibatch_std": True}}},
     "bilinear": lambda raw: {"model": {"dcgan": {"upsample": "bilinear"}}},
+    "bilinear_image": lambda raw: {"model": {"dcgan": {"upsample_image": "bilinear"}}},
     "mirror": lambda raw: {"train": {"mirror": True}},
     "rampdown": lambda raw: {"train": {"lr_rampdown": 0.5}},
 }

@@ -118,6 +118,7 @@ class DCGANParams:
     bn_momentum: float = _spec(0.9, check=between(0.0, 1.0, open_high=True))
     dropout: float = _spec(0.3, check=between(0.0, 1.0, open_high=True))
     upsample: str = _spec("transpose", choices=("transpose", "nearest", "bilinear"))
+    upsample_image: str = _spec("same", choices=("same", "transpose", "nearest", "bilinear"))
     spectral_norm: bool = False
     minibatch_std: bool = False
     d_residual: bool = False

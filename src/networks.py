@@ -236,16 +236,16 @@ def _dcgan_generator(model: ModelParams, data: DataParams, classes: tuple[str, .
     x = layers.Dense(start * start * p.g_filters[0], use_bias=False)(x)
     x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
     x = layers.Reshape((start, start, p.g_filters[0]))(x)
-    def upsample(x, filters, **kwargs):
-        if p.upsample == "transpose":
+    def upsample(x, filters, how, **kwargs):
+        if how == "transpose":
             return layers.Conv2DTranspose(filters, p.kernel_size, strides=2, padding="same", **kwargs)(x)
-        x = layers.UpSampling2D(2, interpolation=p.upsample)(x)
+        x = layers.UpSampling2D(2, interpolation=how)(x)
         return layers.Conv2D(filters, 3, padding="same", **kwargs)(x)
 
     for filters in p.g_filters[1:]:
-        x = upsample(x, filters, use_bias=False)
+        x = upsample(x, filters, p.upsample, use_bias=False)
         x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
-    x = upsample(x, data.channels, dtype="float32")
+    x = upsample(x, data.channels, p.upsample if p.upsample_image == "same" else p.upsample_image, dtype="float32")
     image = layers.Activation(output_activation(data), dtype="float32")(x)
     return keras.Model(z, image, name="generator")
 

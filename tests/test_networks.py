@@ -69,6 +69,23 @@ def test_transposed_upsampling_is_the_default():
     assert sum(isinstance(layer, keras.layers.Conv2DTranspose) for layer in generator.layers) == 2
 
 
+@pytest.mark.parametrize("inner, image", [("transpose", "bilinear"), ("nearest", "transpose")])
+def test_the_last_upsampling_can_differ_from_the_others(inner, image):
+    """``upsample_image`` sets only the upsampling into the image (the layer with the image's
+    channels); the blocks before keep ``upsample``."""
+    params = tiny_params(model={"dcgan": {"upsample": inner, "upsample_image": image}})
+    generator = build_generator(*_sections(params))
+    convs = [layer for layer in generator.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))]
+    transposed = [isinstance(layer, keras.layers.Conv2DTranspose) for layer in convs]
+    assert transposed == [inner == "transpose"] * (len(convs) - 1) + [image == "transpose"]
+    assert convs[-1].filters == params.data.channels
+    resized = [layer.interpolation for layer in generator.layers if isinstance(layer, keras.layers.UpSampling2D)]
+    assert resized == [inner] * (len(convs) - 1) * (inner != "transpose") + [image] * (image != "transpose")
+    z = np.random.default_rng(0).standard_normal((2, params.model.latent_dim)).astype(np.float32)
+    assert np.asarray(generator(z, training=False)).shape == (2, params.data.image_size, params.data.image_size,
+                                                              params.data.channels)
+
+
 @pytest.mark.parametrize("layer", ["dense", "conv"])
 def test_spectral_norm_bounds_the_largest_singular_value(layer):
     """After a few power iterations the kernel actually used has spectral norm 1, whatever
