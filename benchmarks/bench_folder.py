@@ -9,13 +9,13 @@ preset in several variants (``--variants``; each a set of params changes, :data:
 - ``half``: the preset with half the channels in both networks (about 2x the img/s);
 - ``r1``: the preset plus a lazy R1 penalty on real images (``train.r1_gamma``);
 - ``residual``: the preset with a residual discriminator (``model.dcgan.d_residual``);
-- ``recon``: the preset plus FastGAN's self-supervised decoder in D (``train.reconstruction`` 10).
+- ``recon``, ``recon1``: the preset plus FastGAN's self-supervised decoder in D (``train.reconstruction`` 10, 1);
 - ``lr2x``, ``lr4x``: both learning rates doubled, or four times the preset's;
 - ``beta0``: Adam's beta1 0 and beta2 0.99 for both networks (StyleGAN2's);
 - ``bs16``: half the batch at the same learning rates: twice the steps per image;
 - ``mbstd``: the discriminator also sees its features' spread over the batch (``model.dcgan.minibatch_std``);
 - ``bilinear``: the generator upsamples by bilinear resizing and a 3x3 conv (``model.dcgan.upsample``);
-- ``bilinear_image``: only the last upsampling, into the image, so (``model.dcgan.upsample_image``);
+- ``bilinear_image``: bilinear resizing and a 3x3 conv for the last upsampling only, into the image (``model.dcgan.upsample_image``);
 - ``mirror``: each real image x-flipped with probability 1/2 (``train.mirror``);
 - ``rampdown``: both learning rates fall linearly to 0 over the second half (``train.lr_rampdown`` 0.5).
 

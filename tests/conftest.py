@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ sys.path.insert(0, str(REPO))
 
 from src.atomic import save_npy, sha256_file, write_json  # noqa: E402
 from src.config import parse_params  # noqa: E402
+from src.paths import OUTPUTS, Outputs, TrainPaths  # noqa: E402
 
 TINY = {
     "common": {"seed": 7},
@@ -121,16 +123,13 @@ def project(tmp_path):
     return make
 
 
-# The train stage's outputs in a project made by the ``project`` fixture (as dvc.yaml names them).
-TRAIN_PATHS = dict(checkpoints="outputs/checkpoints", snapshots="outputs/snapshots",
-                   log="outputs/train_log", generator="outputs/generator.keras",
-                   environment="outputs/environment.json", tensorboard="outputs/tensorboard")
+# The train stage's outputs, relative to a project's root (src/paths.py, as dvc.yaml names them).
+TRAIN_PATHS = dataclasses.asdict(Outputs().train())
 
 
-def train_paths(root: Path):
-    """:class:`src.training_loop.TrainPaths` of the project at ``root``."""
-    from src.training_loop import TrainPaths
-    return TrainPaths(**{k: root / v for k, v in TRAIN_PATHS.items()})
+def train_paths(root: Path) -> TrainPaths:
+    """:class:`src.paths.TrainPaths` of the project at ``root``."""
+    return Outputs(root / OUTPUTS).train()
 
 
 def run_stage(project_dir: Path, stage: str, timeout: float = 300, **kwargs):
