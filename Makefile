@@ -40,7 +40,7 @@ repro: $(VENV)/.installed  ## run the whole pipeline on params.yaml
 	dvc repro
 
 test: $(VENV)/.installed-dev   ## run the test suite: on every core, then the two-process multi-worker tests alone
-	python -m pytest -q -n auto --dist loadfile -m "not multiworker" tests
+	python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not multiworker" tests
 	python -m pytest -q -m multiworker tests
 
 gpu:  ## on a Linux GPU box: switch .venv (made if missing) to the CUDA build of the same TensorFlow

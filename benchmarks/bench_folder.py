@@ -17,7 +17,10 @@ preset in several variants (``--variants``; each a set of params changes, :data:
 - ``bilinear``: the generator upsamples by bilinear resizing and a 3x3 conv (``model.dcgan.upsample``);
 - ``bilinear_image``: bilinear resizing and a 3x3 conv for the last upsampling only, into the image (``model.dcgan.upsample_image``);
 - ``mirror``: each real image x-flipped with probability 1/2 (``train.mirror``);
-- ``rampdown``: both learning rates fall linearly to 0 over the second half (``train.lr_rampdown`` 0.5).
+- ``rampdown``: both learning rates fall linearly to 0 over the second half (``train.lr_rampdown`` 0.5);
+- ``gwide``: the generator 1.5x as wide (``model.dcgan.g_filters``; the discriminator, which costs twice
+  the generator per image, as it is);
+- ``ttur``: the generator's learning rate a quarter of the discriminator's (SAGAN's two time-scale rule).
 
 Every run trains ``--kimg`` thousand images, times its own factor from ``--scale``
 (``half=2.1``: the images that variant trains in the preset's minutes, by the img/s ratio
@@ -87,6 +90,8 @@ VARIANTS = {
     "bilinear_image": lambda raw: {"model": {"dcgan": {"upsample_image": "bilinear"}}},
     "mirror": lambda raw: {"train": {"mirror": True}},
     "rampdown": lambda raw: {"train": {"lr_rampdown": 0.5}},
+    "gwide": lambda raw: {"model": {"dcgan": {"g_filters": [f * 3 // 2 for f in raw["model"]["dcgan"]["g_filters"]]}}},
+    "ttur": lambda raw: {"train": {"g_optimizer": {"learning_rate": raw["train"]["g_optimizer"]["learning_rate"] / 4}}},
 }
 METRIC_SEED = 20240101  # the yardstick: fixed, whatever the run's seed
 

@@ -19,6 +19,20 @@ from src.atomic import save_npy, sha256_file, write_json  # noqa: E402
 from src.config import parse_params  # noqa: E402
 from src.paths import OUTPUTS, Outputs, TrainPaths  # noqa: E402
 
+# `make test` hands out one file at a time to each xdist worker (--dist loadfile), in collection
+# order (--no-loadscope-reorder; xdist's own order is by number of tests, which put the longest
+# file last and left one core idle for minutes). So the files that take longest go first,
+# longest first (their seconds: `pytest --durations=0`, docs/tests-and-benchmarks.md); every
+# other file keeps pytest's order after them.
+LONGEST_FIRST = ("test_resume.py", "test_conditional.py", "test_pipeline.py", "test_faults.py",
+                 "test_pipeline_folder.py", "test_train.py", "test_bad_inputs.py", "test_faults_disk.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests in a file keep their order
+
+
 TINY = {
     "common": {"seed": 7},
     "data": {"source": "folder", "folder": ".", "image_size": 8, "channels": 1, "range": [-1, 1]},
