@@ -21,7 +21,7 @@ from src.paths import OUTPUTS, Outputs, TrainPaths  # noqa: E402
 
 # `make test` hands out one file at a time to each xdist worker (--dist loadfile), in collection
 # order (--no-loadscope-reorder; xdist's own order is by number of tests, which put the longest
-# file last and left one core idle for minutes). So the files that take longest go first,
+# file last, alone on one core while the other idled). So the files that take longest go first,
 # longest first (their seconds: `pytest --durations=0`, docs/tests-and-benchmarks.md); every
 # other file keeps pytest's order after them.
 LONGEST_FIRST = ("test_resume.py", "test_conditional.py", "test_pipeline.py", "test_faults.py",
