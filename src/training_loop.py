@@ -121,7 +121,8 @@ def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None, cl
     loss = get_loss(t.loss, LossOptions(label_smoothing=t.label_smoothing, gp_weight=t.gp_weight,
                                         r1_gamma=t.r1_gamma, r1_every=t.r1_every,
                                         reconstruction=t.reconstruction))
-    augmenter = Augmenter(tuple(t.augment.policy), params.data.value_range) if t.augment.policy else None
+    always = not t.augment.adaptive and t.augment.probability >= 1.0
+    augmenter = Augmenter(tuple(t.augment.policy), params.data.value_range, always=always) if t.augment.policy else None
     with strategy.scope():
         generator = build_generator(params.model, params.data, classes)
         discriminator = build_discriminator(params.model, params.data, len(classes))

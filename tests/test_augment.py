@@ -84,6 +84,42 @@ def test_gradients_flow_through_each_op(policy):
     assert (np.abs(grad).reshape(len(grad), -1).sum(axis=1) > 0).all()
 
 
+@pytest.mark.parametrize("value_range", [(0.0, 1.0), (-1.0, 1.0)])
+def test_always_leaves_out_the_choice_and_gives_the_same_values_and_gradients(value_range):
+    """At p = 1 without ADA the per-image choice is left out (``always``): the same images and
+    the same gradients as the general path, and the selects it costs are gone from the graph."""
+    x = tf.Variable(_images(value_range=value_range))
+    weights = tf.constant(np.random.default_rng(1).normal(size=x.shape).astype(np.float32))
+
+    def run(aug):
+        with tf.GradientTape() as tape:
+            y = aug(x, tf.constant(1.0), _seed(4, 2))
+            loss = tf.reduce_sum(y * weights)
+        return y.numpy(), tape.gradient(loss, x).numpy()
+
+    general, always = Augmenter(ALL, value_range), Augmenter(ALL, value_range, always=True)
+    (y0, g0), (y1, g1) = run(general), run(always)
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(g1, g0)
+    assert not np.array_equal(y1, x.numpy())
+
+    def selects(aug):
+        graph = tf.function(lambda: aug(x, tf.constant(1.0), _seed(4, 2))).get_concrete_function().graph
+        return sum(op.type == "SelectV2" for op in graph.get_operations())
+    assert selects(always) == selects(general) - len(ALL) >= 0
+
+
+@pytest.mark.parametrize("augment, always", [
+    ({"probability": 1.0}, True),
+    ({"probability": 0.5}, False),
+    ({"probability": 1.0, "adaptive": True}, False),  # ADA moves p between calls
+])
+def test_build_gan_leaves_out_the_choice_only_when_p_is_fixed_at_one(augment, always):
+    params = tiny_params(data={"channels": 3, "range": [0, 1]}, train={"augment": {"policy": list(ALL), **augment}})
+    runtime.configure(params.train, params.common.seed)
+    assert build_gan(params, tf.distribute.get_strategy()).augmenter.always is always
+
+
 def test_generator_receives_gradients_through_the_augmentation():
     params = tiny_params(data={"channels": 3, "range": [0, 1]},
                          train={"augment": {"policy": list(ALL), "probability": 1.0}})
