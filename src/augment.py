@@ -57,11 +57,10 @@ class Augmenter:
             op_seed = tf.random.experimental.stateless_fold_in(seed, i)
             apply_seed, draw_seed = tf.unstack(tf.random.experimental.stateless_split(op_seed, 2))
             augmented = AUGMENT_OPS[name](x, draw_seed, self)
-            if self.always:
-                x = augmented
-                continue
-            chosen = tf.random.stateless_uniform([batch, 1, 1, 1], seed=apply_seed) < p
-            x = tf.where(chosen, augmented, x)
+            if not self.always:
+                chosen = tf.random.stateless_uniform([batch, 1, 1, 1], seed=apply_seed) < p
+                augmented = tf.where(chosen, augmented, x)
+            x = augmented
         return tf.cast(x, dtype)
 
 
