@@ -37,12 +37,6 @@ import numpy as np  # noqa: E402
 WHOLE_SAMPLES, WHOLE_SEED = 2000, 20240101  # bench_folder.py's yardstick
 
 
-def _epoch_and_step(path: Path) -> tuple[int, int]:
-    from src.checkpoint import _NAME
-    epoch, step = _NAME.match(path.name).groups()
-    return int(epoch), int(step)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decays", required=True, type=lambda s: [float(x) for x in s.split(",")])
@@ -54,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from src.atomic import load_arrays
-    from src.checkpoint import list_checkpoints
+    from src.checkpoint import epoch_and_step, list_checkpoints
     from src.config import load_params
     from src.dataset import ShardReader, open_shards
     from src.evaluate import _generate_unit, folder_metrics
@@ -87,7 +81,7 @@ def main() -> None:
     last_step, trained = 0, None
     print("epoch\tweights\t" + "\t".join(f"{r}_{m}" for r in references for m in ("swd", "fd_random")))
     for path in checkpoints:
-        epoch, step = _epoch_and_step(path)
+        epoch, step = epoch_and_step(path)
         arrays = load_arrays(path)
         trained = trained or [key[len("ema/"):] for key in arrays if key.startswith("ema/")]
         for decay in args.decays:

@@ -46,6 +46,12 @@ def checkpoint_name(epoch: int, step: int) -> str:
     return f"ckpt_e{epoch:06d}_s{step:09d}.npz"
 
 
+def epoch_and_step(path: Path) -> tuple[int, int]:
+    """The epoch and global step in a checkpoint file's name (:func:`checkpoint_name`)."""
+    epoch, step = _NAME.match(path.name).groups()
+    return int(epoch), int(step)
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
     """Checkpoint files in ``folder``, oldest first (temporary files are never matched).
 
@@ -56,7 +62,7 @@ def list_checkpoints(folder: Path) -> list[Path]:
         found = [p for p in folder.iterdir() if _NAME.match(p.name)]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(found, key=lambda p: tuple(int(g) for g in _NAME.match(p.name).groups()))
+    return sorted(found, key=epoch_and_step)
 
 
 def save(folder: Path, variables: Mapping[str, Any], meta: dict, keep: int) -> Path:
@@ -82,7 +88,7 @@ def load_latest(folder: Path, max_epoch: int | None = None) -> tuple[dict[str, n
     lowering ``train.epochs`` reuses an earlier checkpoint instead of starting over.
     """
     for path in reversed(list_checkpoints(folder)):
-        epoch, step = (int(g) for g in _NAME.match(path.name).groups())
+        epoch, _ = epoch_and_step(path)
         if max_epoch is not None and epoch > max_epoch:
             continue
         try:
