@@ -51,7 +51,7 @@ def main() -> None:
     from src.checkpoint import epoch_and_step, list_checkpoints
     from src.config import load_params
     from src.dataset import ShardReader, open_shards
-    from src.evaluate import _generate_unit, folder_metrics
+    from src.evaluate import generate_unit, folder_metrics
     from src.metrics import classifier as cls
     from src.metrics import ruler
     from src.metrics.registry import GEN, SPLIT, stream_seed
@@ -101,7 +101,7 @@ def main() -> None:
                 var.assign(np.asarray(weights.get(key, arrays[key]), np.float32))
             cells = []
             for reference, n, seed in references.values():
-                fake = _generate_unit(params, generator, n, seed)
+                fake = generate_unit(params, generator, n, seed)
                 m = folder_metrics(ev, reference, fake, net=net, log=lambda msg: None)
                 cells += [f"{m['swd']:.1f}", f"{m['fd_random']:.3f}"]
             print(f"{epoch}\t{name}\t" + "\t".join(cells), flush=True)

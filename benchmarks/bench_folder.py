@@ -113,8 +113,9 @@ def _subset_folder(folder: Path, n: int, seed: int, into: Path) -> Path:
 
 def _score(params, snapshot: Path, reference: np.ndarray, samples: int, net) -> dict:
     """The evaluate stage's folder metrics of ``snapshot`` against ``reference``, on fixed seeds."""
-    from src.evaluate import _generate_unit, _load_generator, folder_metrics
-    fake = _generate_unit(params, _load_generator(params, snapshot), samples, METRIC_SEED)
+    from src.evaluate import folder_metrics, generate_unit
+    from src.networks import load_generator
+    fake = generate_unit(params, load_generator(params, snapshot), samples, METRIC_SEED)
     m = folder_metrics(params.evaluate, reference, fake, net=net, log=lambda msg: None)
     return {k: m[k] for k in ("fd_random", "fd_random_ci95", "swd", "swd_ci95")}
 

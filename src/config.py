@@ -173,6 +173,8 @@ class TrainParams:
     r1_gamma: float = _spec(0.0, check=at_least(0.0))
     r1_every: int = _spec(16, check=at_least(1))
     reconstruction: float = _spec(0.0, check=at_least(0.0))
+    lecam: float = _spec(0.0, check=at_least(0.0))
+    lecam_decay: float = _spec(0.99, check=between(0.0, 0.9999))
     d_steps: int = _spec(1, check=at_least(1))
     mirror: bool = False
     lr_rampdown: float = _spec(0.0, check=between(0.0, 1.0))

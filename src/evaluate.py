@@ -126,9 +126,11 @@ def read_train_log(summary_file: Path) -> dict:
     return out
 
 
-def _generate_unit(params, generator, n: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
-    """``n`` images of ``generator`` in [0, 1]; a conditional one draws image k of class
-    ``labels[k]`` (the generator's class indices)."""
+def generate_unit(params, generator, n: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
+    """``n`` images of ``generator`` in [0, 1], as the evaluate stage draws them (latents from
+    ``seed``, ``evaluate.batch_size`` at a time, the shape checked against ``params.data``);
+    a conditional one draws image k of class ``labels[k]`` (the generator's class indices).
+    Public for benchmarks that score generators the way this stage does."""
     images = _generate(generator, n, params.model.latent_dim, seed, params.evaluate.batch_size, labels)
     images = np.asarray(images)
     want = (params.data.image_size, params.data.image_size, params.data.channels)
@@ -204,7 +206,7 @@ def _mnist_data(params, outputs: Outputs, rulers: Path, log: Callable[[str], Non
                   "": balanced_labels(n, len(MNIST_CLASSES))}
         request = _class_map("mnist", gen_classes, MNIST_CLASSES, gen_path)[labels[""]]
     t0 = time.perf_counter()
-    fake = _generate_unit(params, generator, n, stream_seed(ev, GEN), request)
+    fake = generate_unit(params, generator, n, stream_seed(ev, GEN), request)
     noise = np.random.default_rng(stream_seed(ev, NOISE)).random(ref.shape[:1] + (28, 28, 1), dtype=np.float32)
     log(f"evaluate: generated {n} images in {time.perf_counter() - t0:.1f}s")
     data = EvalData(ev, "mnist", ref, {"": fake, "_real": real}, nets={"classifier": net}, extra={"noise": noise},
@@ -244,7 +246,7 @@ def _folder_data(params, outputs: Outputs, processed_dir: Path, rulers: Path,
         labels = {"ref": reader.gather_labels(order[:half]), "_real": reader.gather_labels(order[half:2 * half])}
         labels[""] = labels["ref"].copy()
         request = _class_map("folder", gen_classes, classes, gen_path)[labels[""]]
-    fake = _generate_unit(params, generator, half, stream_seed(ev, GEN), request)
+    fake = generate_unit(params, generator, half, stream_seed(ev, GEN), request)
     inception_net = inception.load_inception(ev.inception_weights)
     data = _folder_eval_data(ev, real_a, fake, real_b, net, inception_net, log, labels, classes)
     meta = {"feature_net": "random-conv" + ("+keras-inception-v3" if inception_net is not None else ""),
@@ -294,7 +296,7 @@ def _curve(params, data: EvalData, snapshots: Path, log: Callable[[str], None]) 
     rows = []
     for epoch, path in list_snapshots(snapshots):
         generator = _load_generator(params, path)  # a conditional one draws the first n classes of the generated set
-        images = _generate_unit(params, generator, n, stream_seed(params.evaluate, GEN),
+        images = generate_unit(params, generator, n, stream_seed(params.evaluate, GEN),
                                 _requested(generator, data, n, path))
         rows.append((epoch, metric.curve(data, images)))
         log(f"evaluate: epoch {epoch} {metric.curve_column} {rows[-1][1]:.3f}")

@@ -283,7 +283,8 @@ class GAN:
         d_key = {id(var): key for key, var in d.items()}
         d_trained = {d_key[id(var)]: var for var in self._d_model.trainable_variables}
         ema = {f"ema/{key}": avg for avg, key in zip(self.ema, g_trained)}
-        return {**g, **d, **ema,
+        loss_state = {f"loss/{key}": var for key, var in self.loss.state.items()}
+        return {**g, **d, **ema, **loss_state,
                 **checkpoint.optimizer_variables(self.g_opt, "g_opt", g_trained),
                 **checkpoint.optimizer_variables(self.d_opt, "d_opt", d_trained)}
 

@@ -9,16 +9,19 @@ seed for the loss's own random draws, and the class labels (None: unconditional)
 
 To add a loss, write a builder that returns a :class:`GANLoss` and decorate it with
 ``@register_loss("name")``; ``config.LOSS_NAMES`` lists the names ``params.yaml`` accepts
-(``tests/test_registries.py`` checks the two agree). R1 (``train.r1_gamma``) and FastGAN's
-reconstruction (``train.reconstruction``) are not losses of their own but terms
-:func:`get_loss` adds to any loss's ``d_loss`` (:func:`with_r1`, :func:`with_reconstruction`). ``nsgan`` is the original scripts'
+(``tests/test_registries.py`` checks the two agree). R1 (``train.r1_gamma``), FastGAN's
+reconstruction (``train.reconstruction``) and LeCam (``train.lecam``) are not losses of their
+own but terms :func:`get_loss` adds to any loss's ``d_loss`` (:func:`with_r1`,
+:func:`with_reconstruction`, :func:`with_lecam`). A term that keeps state between steps
+holds it in ``GANLoss.state`` (name -> variable), which checkpoints save and resume restores. ``nsgan`` is the original scripts'
 binary cross-entropy with the non-saturating generator loss, computed from logits
 (``softplus``) so that it never takes the log of 0.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, NamedTuple
 
 import tensorflow as tf
 
@@ -40,6 +43,7 @@ class LossInputs:
 class GANLoss(NamedTuple):
     d_loss: Callable[[LossInputs], tf.Tensor]
     g_loss: Callable[[LossInputs], tf.Tensor]
+    state: Mapping[str, tf.Variable] = MappingProxyType({})  # variables carried between steps (checkpointed)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class LossOptions:
     r1_gamma: float = 0.0       # 0 = no R1 term
     r1_every: int = 16          # lazy R1: computed every this many steps, weighted by it
     reconstruction: float = 0.0  # 0 = no reconstruction term
+    lecam: float = 0.0          # 0 = no LeCam term
+    lecam_decay: float = 0.99   # LeCam: decay of the moving averages of D's outputs, per step
 
 
 LOSSES: dict[str, Callable[[LossOptions], GANLoss]] = {}
@@ -66,8 +72,9 @@ def register_loss(name: str):
 
 
 def get_loss(name: str, options: LossOptions = LossOptions()) -> GANLoss:
-    """The loss ``name`` with ``options``, plus the R1 term when ``options.r1_gamma`` > 0 and the
-    reconstruction term when ``options.reconstruction`` > 0."""
+    """The loss ``name`` with ``options``, plus the R1 term when ``options.r1_gamma`` > 0, the
+    reconstruction term when ``options.reconstruction`` > 0 and the LeCam term when
+    ``options.lecam`` > 0 (its variables are made here: call it under the strategy's scope)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}")  # params validation rules this out
     loss = LOSSES[name](options)
@@ -75,6 +82,8 @@ def get_loss(name: str, options: LossOptions = LossOptions()) -> GANLoss:
         loss = with_r1(loss, options.r1_gamma, options.r1_every)
     if options.reconstruction > 0:
         loss = with_reconstruction(loss, options.reconstruction)
+    if options.lecam > 0:
+        loss = with_lecam(loss, options.lecam, options.lecam_decay)
     return loss
 
 
@@ -104,7 +113,7 @@ def with_r1(loss: GANLoss, gamma: float, every: int) -> GANLoss:
                        lambda: tf.constant(0.0, tf.float32))
         return base + term
 
-    return GANLoss(d_loss, loss.g_loss)
+    return loss._replace(d_loss=d_loss)
 
 
 def reconstruction_error(reconstruction: tf.Tensor, real: tf.Tensor) -> tf.Tensor:
@@ -124,7 +133,44 @@ def with_reconstruction(loss: GANLoss, weight: float) -> GANLoss:
             return base
         return base + weight * reconstruction_error(x.reconstruction, x.real)
 
-    return GANLoss(d_loss, loss.g_loss)
+    return loss._replace(d_loss=d_loss)
+
+
+def lecam_penalty(real_logits: tf.Tensor, fake_logits: tf.Tensor, mean_real, mean_fake) -> tf.Tensor:
+    """LeCam (Tseng et al. 2021): mean of relu(D(x) - mean_fake)^2 over the real logits plus
+    mean of relu(mean_real - D(G(z)))^2 over the generated ones, where ``mean_real`` and
+    ``mean_fake`` are moving averages of D's outputs. It only pulls a real logit that rises
+    above the fakes' average, or a fake one that falls below the reals', so D cannot
+    drift into the confident outputs that mean it has memorized a small folder."""
+    real = tf.cast(real_logits, tf.float32)
+    fake = tf.cast(fake_logits, tf.float32)
+    return (tf.reduce_mean(tf.square(tf.nn.relu(real - mean_fake)))
+            + tf.reduce_mean(tf.square(tf.nn.relu(mean_real - fake))))
+
+
+def with_lecam(loss: GANLoss, weight: float, decay: float) -> GANLoss:
+    """``loss`` with ``weight`` times :func:`lecam_penalty` added to the discriminator's loss.
+
+    The two moving averages (``lecam/mean_real``, ``lecam/mean_fake``: start 0, ``decay`` per
+    discriminator step, as the authors' code) are variables in ``state``, so a checkpoint
+    carries them and a resumed run continues them exactly. Each step first folds in its
+    batch means (no gradient), then measures against the updated averages. With several
+    replicas the first replica's batch updates them (replicas see different batches but
+    keep the same value).
+    """
+    first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    mean_real = tf.Variable(0.0, trainable=False, dtype=tf.float32, aggregation=first, name="lecam_mean_real")
+    mean_fake = tf.Variable(0.0, trainable=False, dtype=tf.float32, aggregation=first, name="lecam_mean_fake")
+
+    def d_loss(x: LossInputs):
+        base = loss.d_loss(x)
+        for average, logits in ((mean_real, x.real_logits), (mean_fake, x.fake_logits)):
+            batch_mean = tf.stop_gradient(tf.reduce_mean(tf.cast(logits, tf.float32)))
+            average.assign(decay * average + (1.0 - decay) * batch_mean)
+        return base + weight * lecam_penalty(x.real_logits, x.fake_logits, mean_real, mean_fake)
+
+    return loss._replace(d_loss=d_loss, state={**loss.state, "lecam/mean_real": mean_real,
+                                                "lecam/mean_fake": mean_fake})
 
 
 @register_loss("nsgan")

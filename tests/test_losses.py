@@ -1,6 +1,7 @@
-"""The terms added to any loss: R1 (train.r1_gamma: its value, its lazy schedule) and FastGAN's
-reconstruction (train.reconstruction: its value, its decoder trained with D), each reaching
-the discriminator's update inside the compiled chunk."""
+"""The terms added to any loss: R1 (train.r1_gamma: its value, its lazy schedule), FastGAN's
+reconstruction (train.reconstruction: its value, its decoder trained with D) and LeCam
+(train.lecam: its value, its moving averages), each reaching the discriminator's update
+inside the compiled chunk."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,7 @@ import tensorflow as tf
 
 from conftest import tiny_params
 from src import runtime
-from src.losses import LossInputs, LossOptions, get_loss, r1_penalty, reconstruction_error
+from src.losses import LossInputs, LossOptions, get_loss, lecam_penalty, r1_penalty, reconstruction_error
 from src.training_loop import build_gan
 
 W = np.random.default_rng(0).normal(size=(1, 4, 4, 3)).astype(np.float32)
@@ -109,3 +110,47 @@ def test_reconstruction_trains_a_decoder_with_the_discriminator():
         assert bad == -1
     assert any(not np.allclose(a, v.numpy()) for a, v in zip(weights_before, decoder))
     assert error() < 0.85 * before
+
+
+def test_lecam_penalty_pulls_only_reals_above_the_fake_average_and_fakes_below_the_real_one():
+    real = tf.constant([[2.0], [-1.0], [0.5]])
+    fake = tf.constant([[-3.0], [1.0]])
+    # mean_fake 0.0: reals 2.0 and 0.5 are above it; mean_real 0.5: fake -3.0 is below it
+    expected = (2.0 ** 2 + 0.5 ** 2) / 3 + 3.5 ** 2 / 2
+    assert float(lecam_penalty(real, fake, 0.5, 0.0)) == pytest.approx(expected)
+    assert float(lecam_penalty(tf.constant([[-1.0]]), tf.constant([[1.0]]), -2.0, 2.0)) == 0.0
+
+
+@pytest.mark.parametrize("loss", ["nsgan", "hinge", "wgan-gp"])
+def test_lecam_adds_its_weighted_term_against_moving_averages_it_keeps_as_state(loss):
+    weight, decay = 0.3, 0.9
+    plain = get_loss(loss, LossOptions())
+    lecam = get_loss(loss, LossOptions(lecam=weight, lecam_decay=decay, r1_gamma=0.5, r1_every=4))
+    assert dict(plain.state) == {}
+    assert sorted(lecam.state) == ["lecam/mean_fake", "lecam/mean_real"]  # kept beside R1
+    averages = np.zeros(2)
+    for step in (1, 2, 3):  # steps R1 is not due at: the difference is LeCam alone
+        x = _inputs(step)
+        real, fake = x.real_logits.numpy(), x.fake_logits.numpy()
+        averages = decay * averages + (1 - decay) * np.array([real.mean(), fake.mean()])
+        extra = float(lecam.d_loss(x)) - float(plain.d_loss(x))
+        expected = weight * (np.mean(np.maximum(real - averages[1], 0) ** 2)
+                             + np.mean(np.maximum(averages[0] - fake, 0) ** 2))
+        assert extra == pytest.approx(expected, rel=1e-4, abs=1e-6), step
+        assert float(lecam.state["lecam/mean_real"].numpy()) == pytest.approx(averages[0], rel=1e-5)
+        assert float(lecam.state["lecam/mean_fake"].numpy()) == pytest.approx(averages[1], rel=1e-5)
+        assert float(lecam.g_loss(x)) == float(plain.g_loss(x))
+
+
+def test_lecam_reaches_the_discriminator_update_and_the_checkpoint():
+    plain, _ = _d_after_two_steps()
+    lecam, _ = _d_after_two_steps(lecam=100.0, lecam_decay=0.5)
+    assert any(not np.allclose(a, b) for a, b in zip(plain, lecam))
+    params = tiny_params(model={"arch": "dcgan"}, train={"loss": "hinge", "lecam": 0.3})
+    runtime.configure(params.train, params.common.seed)
+    gan = build_gan(params, tf.distribute.get_strategy())
+    b, s, c = params.train.batch_size, params.data.image_size, params.data.channels
+    state = gan.state_variables()
+    assert {"loss/lecam/mean_real", "loss/lecam/mean_fake"} <= set(state)
+    gan.train_chunk(tf.constant(np.random.default_rng(0).uniform(-1, 1, (b, s, s, c)).astype(np.float32)), 0)
+    assert float(state["loss/lecam/mean_real"].numpy()) != 0.0  # moved by the step

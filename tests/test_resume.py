@@ -73,13 +73,13 @@ def test_raising_epochs_continues_a_finished_run_to_the_same_weights(project, tm
     {"model": {"arch": "mlp"}, "train": {"jit_compile": True, "steps_per_call": 2, "steps_per_epoch": 5}},
     # The small-folder options: adaptive augmentation (its probability is checkpointed state),
     # spectral norm (its power-iteration vectors too), resize upsampling, minibatch std, a residual
-    # D with FastGAN's decoder (its weights and their Adam moments are checkpointed), lazy R1, and
-    # the mirror and the learning-rate ramp-down (functions of the step: no state of their own).
+    # D with FastGAN's decoder (its weights and their Adam moments are checkpointed), lazy R1,
+    # LeCam (its moving averages are checkpointed), and the mirror and the learning-rate ramp-down (functions of the step: no state of their own).
     {"model": {"dcgan": {"spectral_norm": True, "upsample": "bilinear", "minibatch_std": True, "dropout": 0.0,
                          "d_residual": True}},
      "train": {"augment": {"policy": ["color", "translation", "cutout"], "probability": 0.3, "adaptive": True,
                            "speed_kimg": 0.05}, "reconstruction": 1.0, "r1_gamma": 1.0, "r1_every": 2,
-               "mirror": True, "lr_rampdown": 1.0}},
+               "lecam": 0.3, "mirror": True, "lr_rampdown": 1.0}},
 ], ids=["mlp-xla-chunks", "dcgan-adaptive-augment-sn"])
 def test_resume_gives_the_same_weights(project, tmp_path_factory, variant):
     straight = project(**{**variant, "train": {**variant.get("train", {}), "epochs": 2}})
