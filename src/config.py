@@ -119,7 +119,6 @@ class DCGANParams:
     dropout: float = _spec(0.3, check=between(0.0, 1.0, open_high=True))
     upsample: str = _spec("transpose", choices=("transpose", "nearest", "bilinear"))
     upsample_image: str = _spec("same", choices=("same", "transpose", "nearest", "bilinear"))
-    to_rgb: str = _spec("upsample", choices=("upsample", "conv"))
     spectral_norm: bool = False
     minibatch_std: bool = False
     d_residual: bool = False

@@ -245,13 +245,7 @@ def _dcgan_generator(model: ModelParams, data: DataParams, classes: tuple[str, .
     for filters in p.g_filters[1:]:
         x = upsample(x, filters, p.upsample, use_bias=False)
         x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
-    last = p.upsample if p.upsample_image == "same" else p.upsample_image
-    if p.to_rgb == "conv":  # features at the image's own size, then a 3x3 convolution draws it (SN-GAN, BigGAN)
-        x = upsample(x, p.g_filters[-1], last, use_bias=False)
-        x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
-        x = layers.Conv2D(data.channels, 3, padding="same", dtype="float32")(x)
-    else:  # the last upsampling draws the image (the original)
-        x = upsample(x, data.channels, last, dtype="float32")
+    x = upsample(x, data.channels, p.upsample if p.upsample_image == "same" else p.upsample_image, dtype="float32")
     image = layers.Activation(output_activation(data), dtype="float32")(x)
     return keras.Model(z, image, name="generator")
 
