@@ -112,7 +112,8 @@ def test_joint_step_updates_each_network_from_its_own_loss(frozen):
 
 
 def test_two_logical_devices_mirrored(tmp_path):
-    """MirroredStrategy over two logical CPU devices trains and keeps replicas in sync."""
+    """MirroredStrategy over two logical CPU devices trains (with every option that keeps state or
+    draws per replica, LeCam's averages included) and keeps replicas in sync."""
     script = f"""
 import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
 import tensorflow as tf
@@ -124,6 +125,7 @@ from conftest import tiny_raw, write_processed, blob_images
 from src.config import parse_params
 from src.training_loop import train, TrainPaths
 raw = tiny_raw(train={{"strategy": "mirrored", "epochs": 2, "steps_per_epoch": 2, "steps_per_call": 2, "mirror": True, "lr_rampdown": 1.0,
+                      "lecam": 0.3,
                       "augment": {{"policy": ["color", "translation", "cutout"], "adaptive": True}}}},
                model={{"dcgan": {{"spectral_norm": True}}}})
 raw["data"]["folder"] = {str(tmp_path)!r}
@@ -135,6 +137,9 @@ import json
 env = json.loads((root / "e.json").read_text())
 assert env["replicas"] == 2 and env["strategy"] == "MirroredStrategy", env
 assert np.isfinite(summary["d_loss"]), summary
+from src.checkpoint import load_latest
+arrays, _, _ = load_latest(root / "c")
+assert float(arrays["loss/lecam/mean_real"]) != 0.0, sorted(arrays)  # LeCam's averages moved and were saved
 print("OK", summary)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
