@@ -19,7 +19,7 @@ binary cross-entropy with the non-saturating generator loss, computed from logit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -56,6 +56,12 @@ class LossOptions:
     reconstruction: float = 0.0  # 0 = no reconstruction term
     lecam: float = 0.0          # 0 = no LeCam term
     lecam_decay: float = 0.99   # LeCam: decay of the moving averages of D's outputs, per step
+
+    @classmethod
+    def from_train(cls, train: Any) -> LossOptions:
+        """The options from ``params.train``, each read from the key of its own name (so a new
+        term needs its field here and its key in ``config.TrainParams``, nothing in between)."""
+        return cls(**{f.name: getattr(train, f.name) for f in fields(cls)})
 
 
 LOSSES: dict[str, Callable[[LossOptions], GANLoss]] = {}

@@ -127,10 +127,7 @@ def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None, cl
         reconstructor = build_reconstructor(discriminator, params.model, params.data) if t.reconstruction > 0 else None
         g_opt = _optimizer(t.g_optimizer, t.mixed_precision)
         d_opt = _optimizer(t.d_optimizer, t.mixed_precision)
-        loss = get_loss(t.loss, LossOptions(label_smoothing=t.label_smoothing, gp_weight=t.gp_weight,
-                                            r1_gamma=t.r1_gamma, r1_every=t.r1_every,
-                                            reconstruction=t.reconstruction,
-                                            lecam=t.lecam, lecam_decay=t.lecam_decay))
+        loss = get_loss(t.loss, LossOptions.from_train(t))
     return GAN(discriminator, generator, params.model.latent_dim, d_optimizer=d_opt, g_optimizer=g_opt, loss=loss,
                batch_size=t.batch_size, seed=params.common.seed, ema_generator=ema_generator,
                ema_decay=t.ema.decay if t.ema.enabled else None, d_steps=t.d_steps,

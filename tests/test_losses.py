@@ -154,3 +154,11 @@ def test_lecam_reaches_the_discriminator_update_and_the_checkpoint():
     assert {"loss/lecam/mean_real", "loss/lecam/mean_fake"} <= set(state)
     gan.train_chunk(tf.constant(np.random.default_rng(0).uniform(-1, 1, (b, s, s, c)).astype(np.float32)), 0)
     assert float(state["loss/lecam/mean_real"].numpy()) != 0.0  # moved by the step
+
+
+def test_loss_options_read_every_field_from_the_train_params_key_of_its_name():
+    params = tiny_params(train={"label_smoothing": 0.1, "gp_weight": 5.0, "r1_gamma": 0.2, "r1_every": 8,
+                                "reconstruction": 2.0, "lecam": 0.3, "lecam_decay": 0.9})
+    assert LossOptions.from_train(params.train) == LossOptions(label_smoothing=0.1, gp_weight=5.0, r1_gamma=0.2,
+                                                               r1_every=8, reconstruction=2.0, lecam=0.3,
+                                                               lecam_decay=0.9)
