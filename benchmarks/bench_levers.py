@@ -7,7 +7,7 @@ Speed only: a lever that wins here must still show that quality per image holds
   (``GAN.train_chunk`` on images in memory), timed in alternating windows so that a change
   of load on a shared machine hits every variant alike: the preset; batch 64 and 128 (learning
   rates scaled by the square root of the batch ratio; about the same images per compiled
-  call); half the channels; no augmentation; the recipes' costs (lazy R1, a residual D,
+  call); half the channels; three quarters of them (at the preset's batch and at 64); no augmentation; the recipes' costs (lazy R1, a residual D,
   FastGAN's decoder in D, 1.5x the pixels); XLA (``jit_compile``: fuses element-wise ops);
 - process settings (fixed when TensorFlow starts, so one process each, run in alternating
   rounds), on the training loop end to end (synthetic shards): intra-op x inter-op threads, and ``train.malloc_top_pad_mb`` (the memory glibc
@@ -56,6 +56,14 @@ def variants(raw: dict) -> dict[str, dict]:
     v["model"]["dcgan"]["g_filters"] = [f // 2 for f in raw["model"]["dcgan"]["g_filters"]]
     v["model"]["dcgan"]["d_filters"] = [f // 2 for f in raw["model"]["dcgan"]["d_filters"]]
     out["half the channels"] = v
+    for batch in sorted({base_batch, 64}):  # between the two widths, in multiples of 16 (bfloat16 matrix tiles)
+        v = copy.deepcopy(raw)
+        v["train"]["batch_size"] = batch
+        for opt in ("g_optimizer", "d_optimizer"):
+            v["train"][opt]["learning_rate"] = raw["train"][opt]["learning_rate"] * (batch / base_batch) ** 0.5
+        v["model"]["dcgan"]["g_filters"] = [max(16, f * 3 // 4 // 16 * 16) for f in raw["model"]["dcgan"]["g_filters"]]
+        v["model"]["dcgan"]["d_filters"] = [max(16, f * 3 // 4 // 16 * 16) for f in raw["model"]["dcgan"]["d_filters"]]
+        out[f"three quarters the channels, batch {batch}"] = v
     if raw["train"].get("augment", {}).get("policy"):
         v = copy.deepcopy(raw)
         v["train"]["augment"]["policy"] = []
