@@ -5,10 +5,11 @@ Speed only: a lever that wins here must still show that quality per image holds
 
 - in one process (the preset's threads and precision), each variant's compiled train step
   (``GAN.train_chunk`` on images in memory), timed in alternating windows so that a change
-  of load on a shared machine hits every variant alike: the preset; batch 64 and 128 (learning
+  of load on a shared machine hits every variant alike: the preset; batch 64 and 128 where the preset is not at it (learning
   rates scaled by the square root of the batch ratio; about the same images per compiled
-  call); half the channels; three quarters of them (at the preset's batch and at 64); no augmentation; the recipes' costs (lazy R1, a residual D,
-  FastGAN's decoder in D, 1.5x the pixels); XLA (``jit_compile``: fuses element-wise ops);
+  call); half the channels; three quarters of them (at the preset's batch and at 64); no
+  augmentation; the recipes' costs (lazy R1, a residual D, FastGAN's decoder in D, 1.5x the
+  pixels); XLA (``jit_compile``: fuses element-wise ops);
 - process settings (fixed when TensorFlow starts, so one process each, run in alternating
   rounds), on the training loop end to end (synthetic shards): intra-op x inter-op threads, and ``train.malloc_top_pad_mb`` (the memory glibc
   keeps for the next step; 0 = glibc's defaults, as before it existed).
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
@@ -41,29 +43,33 @@ from src.config import parse_params  # noqa: E402
 IMAGES_PER_CALL = 352  # the preset's 11 steps x 32
 
 
+def _at_batch(raw: dict, batch: int) -> dict:
+    """A copy of ``raw`` at ``batch``, both learning rates scaled by the square root of the batch ratio."""
+    v = copy.deepcopy(raw)
+    scale = (batch / raw["train"].get("batch_size", 32)) ** 0.5
+    v["train"]["batch_size"] = batch
+    for opt in ("g_optimizer", "d_optimizer"):
+        v["train"][opt]["learning_rate"] = raw["train"][opt]["learning_rate"] * scale
+    return v
+
+
+def _at_width(v: dict, width: Callable[[int], int]) -> dict:
+    """``v`` with every generator and discriminator channel count passed through ``width``."""
+    for key in ("g_filters", "d_filters"):
+        v["model"]["dcgan"][key] = [width(f) for f in v["model"]["dcgan"][key]]
+    return v
+
+
 def variants(raw: dict) -> dict[str, dict]:
     """The in-process levers, as raw params derived from the preset's."""
     out = {"preset": raw}
     base_batch = raw["train"].get("batch_size", 32)
-    for batch in (64, 128):
-        v = copy.deepcopy(raw)
-        scale = (batch / base_batch) ** 0.5
-        v["train"]["batch_size"] = batch
-        for opt in ("g_optimizer", "d_optimizer"):
-            v["train"][opt]["learning_rate"] = raw["train"][opt]["learning_rate"] * scale
-        out[f"batch {batch}, lr x{scale:.2f}"] = v
-    v = copy.deepcopy(raw)
-    v["model"]["dcgan"]["g_filters"] = [f // 2 for f in raw["model"]["dcgan"]["g_filters"]]
-    v["model"]["dcgan"]["d_filters"] = [f // 2 for f in raw["model"]["dcgan"]["d_filters"]]
-    out["half the channels"] = v
+    for batch in sorted({64, 128} - {base_batch}):
+        out[f"batch {batch}, lr x{(batch / base_batch) ** 0.5:.2f}"] = _at_batch(raw, batch)
+    out["half the channels"] = _at_width(copy.deepcopy(raw), lambda f: f // 2)
     for batch in sorted({base_batch, 64}):  # between the two widths, in multiples of 16 (bfloat16 matrix tiles)
-        v = copy.deepcopy(raw)
-        v["train"]["batch_size"] = batch
-        for opt in ("g_optimizer", "d_optimizer"):
-            v["train"][opt]["learning_rate"] = raw["train"][opt]["learning_rate"] * (batch / base_batch) ** 0.5
-        v["model"]["dcgan"]["g_filters"] = [max(16, f * 3 // 4 // 16 * 16) for f in raw["model"]["dcgan"]["g_filters"]]
-        v["model"]["dcgan"]["d_filters"] = [max(16, f * 3 // 4 // 16 * 16) for f in raw["model"]["dcgan"]["d_filters"]]
-        out[f"three quarters the channels, batch {batch}"] = v
+        out[f"three quarters the channels, batch {batch}"] = _at_width(_at_batch(raw, batch),
+                                                                      lambda f: max(16, f * 3 // 4 // 16 * 16))
     if raw["train"].get("augment", {}).get("policy"):
         v = copy.deepcopy(raw)
         v["train"]["augment"]["policy"] = []
