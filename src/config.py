@@ -55,7 +55,7 @@ def _rgb_check(v: list) -> str | None:
     return None if len(v) == 3 and all(0 <= x <= 255 for x in v) else "three integers in [0, 255]"
 
 
-LABEL_KEYWORDS = ("none", "mnist", "subfolders")  # data.labels: these, or a label file (src/labels.py)
+LABEL_KEYWORDS = ("none", "mnist", "subfolders", "clusters")  # data.labels: these, or a label file (src/labels.py)
 
 
 def _labels_check(v: str) -> str | None:
@@ -93,6 +93,7 @@ class DataParams:
     shard_size: int = _spec(10000, check=at_least(1))
     workers: int = _spec(0, check=at_least(0))
     labels: str = _spec("none", check=_labels_check)
+    clusters: int = _spec(8, check=between(2, 1000))
     min_class_size: int = _spec(10, check=at_least(0))
 
     @property
@@ -321,8 +322,8 @@ def _cross_checks(p: Params) -> None:
                             f"(got {d.image_size} and {d.channels})")
     elif not Path(d.folder).is_dir():
         raise UserError(f"params key 'data.folder' must be an existing folder of images; '{d.folder}' does not exist")
-    if d.labels != "none" and (d.labels == "mnist") != (d.source == "mnist"):  # MNIST's digits or a folder's labels
-        allowed = "none or mnist" if d.source == "mnist" else "none, subfolders or a .csv label file"
+    if d.labels not in ("none", "clusters") and (d.labels == "mnist") != (d.source == "mnist"):  # MNIST's digits or a folder's labels
+        allowed = "none, clusters or mnist" if d.source == "mnist" else "none, clusters, subfolders or a .csv label file"
         raise UserError(f"params key 'data.labels' must be {allowed} for data.source {d.source}; got {d.labels!r}")
     if d.source == "folder" and d.labels not in LABEL_KEYWORDS and not (Path(d.folder) / d.labels).is_file():
         raise UserError(f"params key 'data.labels' must name a label file in data.folder; "

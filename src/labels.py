@@ -6,6 +6,8 @@
   ``cats/x/b.png`` are 'cats'); every real (not symlinked) sub-folder is a class, the
   classes sorted by name (as bytes) for stable indices. An image directly in
   ``data.folder`` has no label.
+- ``clusters``: k-means clusters of the images themselves (``src/clusters.py``), computed by
+  preprocess once the shards are written; classes ``cluster-0`` (the largest) and on.
 - ``<name>.csv``: a label file inside ``data.folder`` (so the folder, which ``dvc.yaml``
   tracks, holds the labels too). Format: UTF-8 CSV; the first row is the header
   ``path,class``, then one row per image: its path relative to ``data.folder`` with ``/``

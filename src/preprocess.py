@@ -24,7 +24,7 @@ from tqdm import tqdm
 from src.atomic import replace_dir, save_npy, sha256_file, staging_dir, write_json
 from src.config import DataParams, to_dict
 from src.dataset import DTYPE, MANIFEST, REPORT, labels_name, shard_name
-from src import faults
+from src import clusters, faults
 from src.errors import UserError
 from src.folder_index import build_index
 from src.images import CHANGED, decode_image, reason_kind
@@ -196,7 +196,7 @@ def preprocess(data: DataParams, seed: int, out_dir: Path, index: dict | None = 
         recorded = index.get("label_file")
         if recorded is not None and "sha256" in recorded and sha256_file(folder / recorded["file"]) != recorded["sha256"]:
             raise UserError(f"{folder / recorded['file']}: {CHANGED} (rerun `dvc repro`)")
-        if data.labels != "none":  # from the listing's relative paths: the listing itself is untouched
+        if data.labels not in ("none", "clusters"):  # from the listing's relative paths: the listing itself is untouched
             classes, labels = folder_labels(folder, data.labels, files)
             origins = ([str(folder / name) for name in classes] if data.labels == "subfolders"
                        else [str(label_file(folder, data.labels))] * len(classes))
@@ -213,6 +213,9 @@ def preprocess(data: DataParams, seed: int, out_dir: Path, index: dict | None = 
             first = report["skipped"][0]
             raise UserError(f"{data.folder}: no usable image among {total} image files "
                             f"(e.g. {first['file']}: {first['reason']})")
+        if data.labels == "clusters":
+            classes = _add_cluster_labels(data, seed, writer)
+            origins = [str(data.mnist_dir if data.source == "mnist" else data.folder)] * len(classes)
         manifest = {
             "count": writer.count,
             "shape": [size, size, channels],
@@ -224,7 +227,8 @@ def preprocess(data: DataParams, seed: int, out_dir: Path, index: dict | None = 
         }
         small = []
         if classes:
-            first_skipped = _first_skipped(len(classes), dict(zip(files, labels)) if files else {}, report["skipped"])
+            first_skipped = (_first_skipped(len(classes), dict(zip(files, labels)) if files else {}, report["skipped"])
+                             if labels is not None else [None] * len(classes))  # clusters: of usable images only
             small = check_class_sizes(classes, writer.class_counts, origins, first_skipped, data.min_class_size)
             manifest["classes"] = classes
             report["class_counts"] = {name: int(n) for name, n in zip(classes, writer.class_counts)}
@@ -246,10 +250,38 @@ def preprocess(data: DataParams, seed: int, out_dir: Path, index: dict | None = 
     return manifest
 
 
+def _add_cluster_labels(data: DataParams, seed: int, writer: _ShardWriter) -> list[str]:
+    """``data.labels: clusters``: k-means the written shards (``src/clusters.py``, seeded by
+    ``seed``), save a labels file beside each and record it in the shard entries; returns the
+    class names. UserError naming ``data.clusters`` when the images are too few or too alike."""
+    k, where = data.clusters, data.mnist_dir if data.source == "mnist" else data.folder
+    if writer.count < k:
+        raise UserError(f"params key 'data.clusters': {k} clusters need at least {k} usable images; "
+                        f"{where} has {writer.count}")
+    paths = [writer.out_dir / entry["file"] for entry in writer.shards]
+    x = np.concatenate([clusters.features(np.load(path, mmap_mode="r")) for path in paths])
+    labels = clusters.cluster_features(x, k, seed)
+    counts = np.bincount(labels, minlength=k)
+    if (counts == 0).any():
+        raise UserError(f"params key 'data.clusters': {where} holds fewer than {k} distinct pictures "
+                        f"(at {clusters.POOLED} pixels a side); lower data.clusters")
+    start = 0
+    for i, entry in enumerate(writer.shards):
+        labels_path = writer.out_dir / labels_name(i)
+        save_npy(labels_path, labels[start:start + entry["count"]])
+        entry.update(labels=labels_path.name, labels_sha256=sha256_file(labels_path))
+        start += entry["count"]
+    writer.class_counts = counts
+    return clusters.class_names(k)
+
+
 def _recorded_params(data: DataParams) -> dict:
     """The data params the manifest records. Unlabelled data leaves out the label keys, so
-    its manifest keeps the bytes it had before labels existed (same data, same hash)."""
+    its manifest keeps the bytes it had before labels existed (same data, same hash); only
+    clustered data records ``clusters``."""
     recorded = to_dict(data)
+    if data.labels != "clusters":
+        del recorded["clusters"]
     if data.labels == "none":
         del recorded["labels"], recorded["min_class_size"]
     return recorded

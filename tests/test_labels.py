@@ -331,12 +331,12 @@ def test_small_class_is_a_warning_not_an_error(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- params
 @pytest.mark.parametrize("data, what", [
-    ({"labels": "subfolder"}, "must be none, mnist, subfolders or a .csv label file inside data.folder"),
-    ({"labels": "../labels.csv"}, "must be none, mnist, subfolders or a .csv label file"),
-    ({"labels": "/abs/labels.csv"}, "must be none, mnist, subfolders or a .csv label file"),
-    ({"labels": "mnist"}, "must be none, subfolders or a .csv label file for data.source folder"),
+    ({"labels": "subfolder"}, "must be none, mnist, subfolders, clusters or a .csv label file inside data.folder"),
+    ({"labels": "../labels.csv"}, "must be none, mnist, subfolders, clusters or a .csv label file"),
+    ({"labels": "/abs/labels.csv"}, "must be none, mnist, subfolders, clusters or a .csv label file"),
+    ({"labels": "mnist"}, "must be none, clusters, subfolders or a .csv label file for data.source folder"),
     ({"labels": "missing.csv"}, "must name a label file in data.folder"),
-    ({"source": "mnist", "image_size": 28, "labels": "subfolders"}, "must be none or mnist for data.source mnist"),
+    ({"source": "mnist", "image_size": 28, "labels": "subfolders"}, "must be none, clusters or mnist for data.source mnist"),
     ({"min_class_size": -1}, "data.min_class_size"),
 ])
 def test_bad_label_params(tmp_path, data, what):
