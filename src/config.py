@@ -161,6 +161,8 @@ class AugmentParams:
     adaptive: bool = False
     target: float = _spec(0.6, check=between(-1.0, 1.0))
     speed_kimg: float = _spec(100.0, check=at_least(0.001))
+    translation_ratio: float = _spec(0.125, check=between(0.0, 0.5))
+    cutout_ratio: float = _spec(0.5, check=between(0.0, 1.0))
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,15 @@ def _train(params: Params, strategy: tf.distribute.Strategy, manifest: dict, rea
 
 
 # ---------------------------------------------------------------------------- 1. the model
+def build_augmenter(params: Params) -> Augmenter | None:
+    """The differentiable augmentation ``train.augment`` describes (None when its policy is empty)."""
+    a = params.train.augment
+    if not a.policy:
+        return None
+    always = not a.adaptive and a.probability >= 1.0  # p fixed at 1: the per-image choice left out
+    return Augmenter(tuple(a.policy), params.data.value_range, a.translation_ratio, a.cutout_ratio, always=always)
+
+
 def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None, classes=()) -> GAN:
     """The :class:`GAN` that ``params`` describe, its variables made under ``strategy``'s scope;
     conditional on ``classes`` (the data's class names, by index) when there are any.
@@ -118,8 +127,7 @@ def build_gan(params: Params, strategy: tf.distribute.Strategy | None = None, cl
     """
     t = params.train
     strategy = strategy or tf.distribute.get_strategy()
-    always = not t.augment.adaptive and t.augment.probability >= 1.0
-    augmenter = Augmenter(tuple(t.augment.policy), params.data.value_range, always=always) if t.augment.policy else None
+    augmenter = build_augmenter(params)
     with strategy.scope():
         generator = build_generator(params.model, params.data, classes)
         discriminator = build_discriminator(params.model, params.data, len(classes))

@@ -167,3 +167,18 @@ def test_adaptive_probability_rises_only_when_d_overfits(tmp_path, d_learning_ra
         assert p[-1] > 0.3 and p[-1] > p[0]
     else:
         assert p[-1] < 0.1
+
+
+def test_the_ratios_come_from_params():
+    """``train.augment.cutout_ratio`` and ``translation_ratio`` reach the Augmenter the training loop builds."""
+    from conftest import tiny_params
+    from src.training_loop import build_augmenter
+
+    aug = build_augmenter(tiny_params(train={"augment": {"policy": ["cutout"], "cutout_ratio": 0.25,
+                                                         "translation_ratio": 0.0625}}))
+    assert (aug.cutout_ratio, aug.translation_ratio) == (0.25, 0.0625)
+    x = np.full((16, 16, 16, 3), 0.25, np.float32)
+    out = aug(tf.constant(x), tf.constant(1.0), _seed(7)).numpy()
+    fill = sum(aug.value_range) / 2  # the middle of the data's range
+    blanked = (out[..., 0] == fill).reshape(16, -1).sum(axis=1)  # a quarter of 16 pixels: squares of 4x4 at most
+    assert blanked.max() == 16 and blanked.min() > 0
