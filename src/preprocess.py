@@ -259,7 +259,7 @@ def _add_cluster_labels(data: DataParams, seed: int, writer: _ShardWriter) -> li
         raise UserError(f"params key 'data.clusters': {k} clusters need at least {k} usable images; "
                         f"{where} has {writer.count}")
     paths = [writer.out_dir / entry["file"] for entry in writer.shards]
-    x = np.concatenate([clusters.features(np.load(path, mmap_mode="r")) for path in paths])
+    x = np.concatenate([clusters.features(np.load(path, mmap_mode="r", allow_pickle=False)) for path in paths])
     labels = clusters.cluster_features(x, k, seed)
     counts = np.bincount(labels, minlength=k)
     if (counts == 0).any():

@@ -79,7 +79,7 @@ def test_folder_shards_manifest_and_report(folder, tmp_path, capsys, value_range
     assert manifest["dtype"] == "float32" and manifest["range"] == value_range
     assert manifest["source"] == "folder" and manifest["folder"] == str(folder)
     # Unlabelled data records no label keys: its manifest keeps the bytes of before labels (test_labels.py).
-    recorded = {k: v for k, v in to_dict(data).items() if k not in ("labels", "min_class_size")}
+    recorded = {k: v for k, v in to_dict(data).items() if k not in ("labels", "min_class_size", "clusters")}
     assert manifest["params"] == {"data": recorded, "seed": 7}
     assert [s["file"] for s in manifest["shards"]] == ["shard_00000.npy", "shard_00001.npy"]
     assert [s["count"] for s in manifest["shards"]] == [3, 1]
