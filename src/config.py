@@ -56,6 +56,7 @@ def _rgb_check(v: list) -> str | None:
 
 
 LABEL_KEYWORDS = ("none", "mnist", "subfolders", "clusters")  # data.labels: these, or a label file (src/labels.py)
+UNREAD_LABELS = ("none", "clusters")  # data.labels that read no labels from the source: none, or made by preprocess
 
 
 def _labels_check(v: str) -> str | None:
@@ -324,7 +325,7 @@ def _cross_checks(p: Params) -> None:
                             f"(got {d.image_size} and {d.channels})")
     elif not Path(d.folder).is_dir():
         raise UserError(f"params key 'data.folder' must be an existing folder of images; '{d.folder}' does not exist")
-    if d.labels not in ("none", "clusters") and (d.labels == "mnist") != (d.source == "mnist"):  # MNIST's digits or a folder's labels
+    if d.labels not in UNREAD_LABELS and (d.labels == "mnist") != (d.source == "mnist"):  # MNIST's digits or a folder's labels
         allowed = "none, clusters or mnist" if d.source == "mnist" else "none, clusters, subfolders or a .csv label file"
         raise UserError(f"params key 'data.labels' must be {allowed} for data.source {d.source}; got {d.labels!r}")
     if d.source == "folder" and d.labels not in LABEL_KEYWORDS and not (Path(d.folder) / d.labels).is_file():

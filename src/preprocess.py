@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from src.atomic import replace_dir, save_npy, sha256_file, staging_dir, write_json
-from src.config import DataParams, to_dict
+from src.config import UNREAD_LABELS, DataParams, to_dict
 from src.dataset import DTYPE, MANIFEST, REPORT, labels_name, shard_name
 from src import clusters, faults
 from src.errors import UserError
@@ -196,7 +196,7 @@ def preprocess(data: DataParams, seed: int, out_dir: Path, index: dict | None = 
         recorded = index.get("label_file")
         if recorded is not None and "sha256" in recorded and sha256_file(folder / recorded["file"]) != recorded["sha256"]:
             raise UserError(f"{folder / recorded['file']}: {CHANGED} (rerun `dvc repro`)")
-        if data.labels not in ("none", "clusters"):  # from the listing's relative paths: the listing itself is untouched
+        if data.labels not in UNREAD_LABELS:  # from the listing's relative paths: the listing itself is untouched
             classes, labels = folder_labels(folder, data.labels, files)
             origins = ([str(folder / name) for name in classes] if data.labels == "subfolders"
                        else [str(label_file(folder, data.labels))] * len(classes))
@@ -214,8 +214,7 @@ def preprocess(data: DataParams, seed: int, out_dir: Path, index: dict | None = 
             raise UserError(f"{data.folder}: no usable image among {total} image files "
                             f"(e.g. {first['file']}: {first['reason']})")
         if data.labels == "clusters":
-            classes = _add_cluster_labels(data, seed, writer)
-            origins = [str(data.mnist_dir if data.source == "mnist" else data.folder)] * len(classes)
+            classes, origins = _add_cluster_labels(data, seed, writer)
         manifest = {
             "count": writer.count,
             "shape": [size, size, channels],
@@ -250,10 +249,10 @@ def preprocess(data: DataParams, seed: int, out_dir: Path, index: dict | None = 
     return manifest
 
 
-def _add_cluster_labels(data: DataParams, seed: int, writer: _ShardWriter) -> list[str]:
+def _add_cluster_labels(data: DataParams, seed: int, writer: _ShardWriter) -> tuple[list[str], list[str]]:
     """``data.labels: clusters``: k-means the written shards (``src/clusters.py``, seeded by
     ``seed``), save a labels file beside each and record it in the shard entries; returns the
-    class names. UserError naming ``data.clusters`` when the images are too few or too alike."""
+    class names and each one's origin (the source folder). UserError naming ``data.clusters`` when the images are too few or too alike."""
     k, where = data.clusters, data.mnist_dir if data.source == "mnist" else data.folder
     if writer.count < k:
         raise UserError(f"params key 'data.clusters': {k} clusters need at least {k} usable images; "
@@ -272,7 +271,7 @@ def _add_cluster_labels(data: DataParams, seed: int, writer: _ShardWriter) -> li
         entry.update(labels=labels_path.name, labels_sha256=sha256_file(labels_path))
         start += entry["count"]
     writer.class_counts = counts
-    return clusters.class_names(k)
+    return clusters.class_names(k), [str(where)] * k
 
 
 def _recorded_params(data: DataParams) -> dict:
