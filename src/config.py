@@ -326,7 +326,8 @@ def _cross_checks(p: Params) -> None:
     elif not Path(d.folder).is_dir():
         raise UserError(f"params key 'data.folder' must be an existing folder of images; '{d.folder}' does not exist")
     if d.labels not in UNREAD_LABELS and (d.labels == "mnist") != (d.source == "mnist"):  # MNIST's digits or a folder's labels
-        allowed = "none, clusters or mnist" if d.source == "mnist" else "none, clusters, subfolders or a .csv label file"
+        choices = UNREAD_LABELS + (("mnist",) if d.source == "mnist" else ("subfolders", "a .csv label file"))
+        allowed = f"{', '.join(choices[:-1])} or {choices[-1]}"
         raise UserError(f"params key 'data.labels' must be {allowed} for data.source {d.source}; got {d.labels!r}")
     if d.source == "folder" and d.labels not in LABEL_KEYWORDS and not (Path(d.folder) / d.labels).is_file():
         raise UserError(f"params key 'data.labels' must name a label file in data.folder; "

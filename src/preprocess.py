@@ -252,7 +252,8 @@ def preprocess(data: DataParams, seed: int, out_dir: Path, index: dict | None = 
 def _add_cluster_labels(data: DataParams, seed: int, writer: _ShardWriter) -> tuple[list[str], list[str]]:
     """``data.labels: clusters``: k-means the written shards (``src/clusters.py``, seeded by
     ``seed``), save a labels file beside each and record it in the shard entries; returns the
-    class names and each one's origin (the source folder). UserError naming ``data.clusters`` when the images are too few or too alike."""
+    class names and each one's origin (the source folder). UserError naming ``data.clusters``
+    when the images are too few or too alike."""
     k, where = data.clusters, data.mnist_dir if data.source == "mnist" else data.folder
     if writer.count < k:
         raise UserError(f"params key 'data.clusters': {k} clusters need at least {k} usable images; "
