@@ -44,6 +44,7 @@ same bytes.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -289,6 +290,40 @@ def folder_metrics(ev, reference: np.ndarray, fake: np.ndarray, real: np.ndarray
     return run_metrics(_folder_eval_data(ev, reference, fake, real, net, inception_net, log, labels, classes))
 
 
+def _own_keys(metrics: dict) -> dict:
+    """The keys of ``metrics`` that measure the generated set itself: not the real-data floor
+    (``*_real*``), the noise ceiling (``fid_noise``) or the per-class detail."""
+    return {key: value for key, value in metrics.items()
+            if "_real" not in key and "noise" not in key and not key.startswith("per_class")}
+
+
+def score_generator(params, data: EvalData, path: Path) -> dict:
+    """Every metric of ``data.kind`` for the generator at ``path`` (a ``.keras`` file or a
+    training snapshot), measured as the final generator is: ``len(data.sets[""])`` images
+    from the same latents (the same requested classes, for a conditional one) against the
+    same reference, whose features are computed once. Returns :func:`_own_keys` (no floor).
+    Public for benchmarks that score several snapshots on the full ruler."""
+    generator = _load_generator(params, path)
+    n = len(data.sets[""])
+    images = generate_unit(params, generator, n, stream_seed(params.evaluate, GEN), _requested(generator, data, n, path))
+    labels = None if data.labels is None else {k: v for k, v in data.labels.items() if k in ("ref", "")}
+    shared = {key: value for key, value in data._cache.items() if key[1] not in data.sets}  # the reference's features
+    other = dataclasses.replace(data, sets={"": images}, labels=labels, _cache=shared)
+    return _own_keys(run_metrics(other))
+
+
+def _score_best(params, data: EvalData, measured: dict, metrics: dict, snapshots: Path) -> dict:
+    """The ``best_*`` keys of ``metrics.json`` (unprefixed): the best snapshot's :func:`score_generator` keys, or the
+    final generator's own (``measured``) when the best snapshot is the final one (the train
+    stage writes the last snapshot and ``generator.keras`` from the same weights)."""
+    if metrics["best_epoch"] == metrics["final_epoch"]:
+        return _own_keys(measured)
+    path = dict(list_snapshots(snapshots)).get(metrics["best_epoch"])
+    if path is None:
+        raise UserError(f"{snapshots}: the snapshot of epoch {metrics['best_epoch']} is gone; rerun the evaluate stage")
+    return score_generator(params, data, path)
+
+
 def _curve(params, data: EvalData, snapshots: Path, log: Callable[[str], None]) -> str:
     """Over training: the data kind's curve metric for every snapshot, with ``curve_samples`` images."""
     metric = curve_metric(data.kind)
@@ -305,6 +340,17 @@ def _curve(params, data: EvalData, snapshots: Path, log: Callable[[str], None]) 
 
 
 # ---------------------------------------------------------------- entry point
+def measured_data(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Path = PROCESSED,
+                  log: Callable[[str], None] = _log, rulers: str | Path = ruler.RULERS) -> tuple[EvalData, dict]:
+    """``(data, meta)``: what the evaluate stage measures (the final generator's images, the
+    reference and the floor, :func:`_mnist_data` or :func:`_folder_data`) and its
+    descriptive ``metrics.json`` keys. Public for benchmarks (:func:`score_generator`)."""
+    outputs = Outputs(Path(outputs_dir))
+    if params.data.image_size == 28 and params.data.channels == 1 and params.data.source == "mnist":
+        return _mnist_data(params, outputs, Path(rulers), log)
+    return _folder_data(params, outputs, Path(processed_dir), Path(rulers), log)
+
+
 def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Path = PROCESSED,
              write: bool = True, log: Callable[[str], None] = _log, rulers: str | Path = ruler.RULERS) -> dict:
     """Compute the metrics; write ``metrics.json``, ``eval_curve.tsv`` and the best snapshot's
@@ -314,19 +360,25 @@ def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Pat
     snapshots and the train log's summary; the feature networks from ``rulers`` (checked
     against its ``SHA256SUMS``).
 
+    With ``evaluate.score_best``, ``best_<key>`` holds the best snapshot's own metrics (each
+    ``<key>`` of the final generator's but the real-data floor), measured as the final one's are (the same images, latents and reference: :func:`score_generator`).
+
     Returns the metrics dict: numbers, strings and ``{"lo", "hi"}`` intervals (floats
     rounded to 6 significant digits).
     """
     outputs = Outputs(Path(outputs_dir))
-    mnist_like = params.data.image_size == 28 and params.data.channels == 1 and params.data.source == "mnist"
-    if mnist_like:
-        data, meta = _mnist_data(params, outputs, Path(rulers), log)
-    else:
-        data, meta = _folder_data(params, outputs, Path(processed_dir), Path(rulers), log)
-    metrics = {**run_metrics(data), **meta}
+    data, meta = measured_data(params, outputs_dir, processed_dir, log, rulers)
+    measured = run_metrics(data)
+    metrics = {**measured, **meta}
     curve = _curve(params, data, outputs.snapshots, log)
     metrics.update(read_train_log(outputs.train_log_summary))
     metrics.update(_keep_best(params, outputs, curve, write))
+    if params.evaluate.score_best:
+        t0 = time.perf_counter()
+        best = _score_best(params, data, measured, metrics, outputs.snapshots)
+        metrics.update({f"best_{key}": value for key, value in best.items()})
+        log(f"evaluate: the best snapshot (epoch {metrics['best_epoch']}) on every metric in "
+            f"{time.perf_counter() - t0:.1f}s")
     metrics = {k: _rounded(v) for k, v in metrics.items()}
     if write:
         write_json(outputs.metrics, metrics)

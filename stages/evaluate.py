@@ -30,6 +30,9 @@ def main() -> None:
         print(f"evaluate: best snapshot epoch {metrics['best_epoch']} ({metrics['curve_metric']} "
               f"{metrics['best_curve_score']:.4g}; final epoch {metrics['final_epoch']}: "
               f"{metrics['final_curve_score']:.4g}) kept as outputs/generator_best.keras")
+    if "best_" + shown[0] in metrics:
+        best = ", ".join(f"{k} {metrics['best_' + k]:.4g}" for k in METRICS if "best_" + k in metrics)
+        print(f"evaluate: the best snapshot on every metric: {best}")
     if "note" in metrics:
         print(f"evaluate: note: {metrics['note']}")
     if "per_class_note" in metrics:

@@ -127,3 +127,48 @@ def test_choice_ties_go_to_the_later_epoch_and_bad_curves_are_user_errors(tmp_pa
         best_snapshot.keep_best(params, "epoch\tswd\n", tmp_path / "snapshots", tmp_path / "best.keras")
     with pytest.raises(UserError, match="snapshot of epoch 4 is gone"):
         best_snapshot.keep_best(params, "epoch\tswd\n4\t1.0\n", tmp_path / "snapshots", tmp_path / "best.keras")
+
+
+def test_the_best_snapshot_is_scored_as_the_final_generator_would_be(run):
+    """metrics.json's "best" holds what evaluate measures when the best snapshot is the final
+    generator: the same numbers, key for key, with no real-data floor; when the last snapshot
+    is the best, "best" is the final generator's own figures."""
+    out, params, _ = run
+    metrics = ev.evaluate(params, outputs_dir=out, log=lambda m: None, rulers=RULERS)
+    best = {key[len("best_"):]: value for key, value in metrics.items()
+            if key.startswith("best_") and key not in ("best_epoch", "best_curve_score")}
+    assert {"swd", "swd_ci95", "fd_random", "fd_random_ci95", "kd_random"} <= set(best)
+    assert not [key for key in best if "_real" in key]
+    assert best["swd"] < metrics["swd"] and best["fd_random"] < metrics["fd_random"]  # epoch 20 against the worse last
+
+    (out / "generator.keras").unlink()
+    save_model(load_generator(params, out / "generator_best.keras"), out / "generator.keras")
+    for epoch in (10, 30):  # the best epoch is now the last snapshot, as the final generator
+        (out / "snapshots" / f"generator_epoch_{epoch:04d}.npz").unlink()
+    as_final = ev.evaluate(params, outputs_dir=out, write=False, log=lambda m: None, rulers=RULERS)
+    assert as_final["best_epoch"] == as_final["final_epoch"] == 20
+    assert best == {key: as_final[key] for key in best}
+    assert best == {key: as_final["best_" + key] for key in best}
+
+    off = parse_params(tiny_raw(data={"folder": str(out), "image_size": 16, "channels": 3},
+                                evaluate={**EVALUATE, "score_best": False}))
+    assert "best_swd" not in ev.evaluate(off, outputs_dir=out, write=False, log=lambda m: None, rulers=RULERS)
+
+
+def test_score_snapshots_scores_each_snapshot_as_the_final_generator(run):
+    """benchmarks/score_snapshots.py: the last snapshot's row is the final generator's
+    metrics.json figures, the best one's row its best_* figures; a missing epoch is one line."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("score_snapshots", REPO / "benchmarks" / "score_snapshots.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out, params, _ = run
+    metrics = ev.evaluate(params, outputs_dir=out, write=False, log=lambda m: None, rulers=RULERS)
+    rows = dict(script.table(params, last=2, outputs=out, rulers=RULERS))
+    assert list(rows) == [20, 30]
+    for name in ("swd", "fd_random"):
+        assert ev._round(rows[30][name]) == metrics[name]
+        assert ev._round(rows[20][name]) == metrics["best_" + name]
+    assert list(dict(script.table(params, epochs=[10], outputs=out, rulers=RULERS))) == [10]
+    with pytest.raises(UserError, match="no snapshot of epoch 40 .there are: 10, 20, 30"):
+        script.table(params, epochs=[40], outputs=out, rulers=RULERS)

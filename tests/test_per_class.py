@@ -186,9 +186,14 @@ def test_folder_per_class_metrics_of_a_conditional_generator(tmp_path, monkeypat
     # the generator is asked for half A's classes in order, by name in its own class order
     to_generator = np.array([generator_classes.index(name) for name in CLASSES])
     np.testing.assert_array_equal(asked[0], to_generator[half_a])
-    assert [len(a) for a in asked[1:]] == [16, 16]  # the curve: both snapshots, conditional too
+    assert [len(a) for a in asked[1:3]] == [16, 16]  # the curve: both snapshots, conditional too
     np.testing.assert_array_equal(asked[1], to_generator[half_a])
     assert len((out / "eval_curve.tsv").read_text().splitlines()) == 3 and metrics["best_epoch"] in (1, 2)
+    # the best snapshot on the full ruler: asked for the same classes (again only if it is not the final one)
+    assert len(asked) == (3 if metrics["best_epoch"] == 2 else 4), metrics["best_epoch"]
+    for request in asked[3:]:
+        np.testing.assert_array_equal(request, to_generator[half_a])
+    assert {"best_swd", "best_fd_random", "best_intra_swd", "best_intra_fd_random"} <= set(metrics)
 
     per_class = metrics["per_class"]
     assert sorted(per_class) == sorted(CLASSES)
@@ -231,3 +236,15 @@ def test_folder_metrics_per_class_values_and_a_wrong_class_mix():
     assert wrong["intra_fd_random_real"] == right["intra_fd_random_real"]
     plain = ev.folder_metrics(params.evaluate, ref, fake, real, net=net, log=lambda m: None)
     assert _per_class_keys(plain) == [] and {k: v for k, v in right.items() if k in plain} == plain
+
+
+def test_a_conditional_best_snapshot_is_scored_on_the_same_classes(tmp_path, monkeypatch):
+    """When the best snapshot is not the final one, evaluate draws it for half A's classes
+    again (by name, in its own class order) and measures it per class as well."""
+    monkeypatch.setattr(best_snapshot, "choose", lambda rows: min(rows))  # the earliest epoch: 1, not the final 2
+    metrics, out, asked, half_a, generator_classes = _folder_run(tmp_path, monkeypatch)
+    assert metrics["best_epoch"] == 1 and len(asked) == 4
+    to_generator = np.array([generator_classes.index(name) for name in CLASSES])
+    np.testing.assert_array_equal(asked[3], to_generator[half_a])
+    assert metrics["best_intra_swd"] != metrics["intra_swd"]  # another generator's images
+    assert not [key for key in metrics if key.startswith("best_") and "_real" in key]

@@ -1,0 +1,72 @@
+"""Score training snapshots on the evaluate stage's full ruler, as if each were the final generator.
+
+The over-training curve (``outputs/eval_curve.tsv``) scores every snapshot with
+``evaluate.curve_samples`` images on one metric; single snapshots swing (docs/roofline.md).
+This prints, for the snapshots asked for, every headline metric the evaluate stage would
+write to ``metrics.json`` had training stopped there: ``num_samples`` images from the same
+latents against the same reference, with the same seeds (``src.evaluate.score_generator``),
+then their mean. The last snapshot's row equals the final generator's ``metrics.json``.
+Run it in a finished run (after ``dvc repro``), from the repository root:
+
+    python benchmarks/score_snapshots.py --last 4                  # the last four snapshots
+    python benchmarks/score_snapshots.py --epochs 480 540 600 620  # these epochs
+
+It writes nothing.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.config import load_params  # noqa: E402
+from src.errors import UserError, stage_main  # noqa: E402
+
+
+def table(params, epochs=None, last=None, outputs="outputs", processed="data/processed", rulers=None):
+    """``[(epoch, {metric: value})]`` for the chosen snapshots (``epochs``, or the ``last`` few),
+    each scored by :func:`src.evaluate.score_generator` on the evaluate stage's own data."""
+    from src import evaluate as ev
+    from src.metrics import ruler
+    from src.metrics.registry import METRICS
+    from src.paths import Outputs
+    from src.snapshots import list_snapshots
+
+    out = Outputs(Path(outputs))
+    found = dict(list_snapshots(out.snapshots))
+    if not found:
+        raise UserError(f"{out.snapshots}: no generator snapshots (run the train stage first)")
+    chosen = sorted(found)[-last:] if last else sorted(epochs or found)
+    missing = [e for e in chosen if e not in found]
+    if missing:
+        raise UserError(f"{out.snapshots}: no snapshot of epoch {missing[0]} (there are: "
+                        f"{', '.join(str(e) for e in sorted(found))})")
+    data, _ = ev.measured_data(params, outputs, processed, lambda message: None, rulers or ruler.RULERS)
+    rows = []
+    for epoch in chosen:
+        scores = ev.score_generator(params, data, found[epoch])
+        rows.append((epoch, {name: scores[name] for name in METRICS if name in scores}))
+    return rows
+
+
+@stage_main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--epochs", type=int, nargs="+", help="the snapshots' epochs (default: every snapshot)")
+    which.add_argument("--last", type=int, help="the last this many snapshots")
+    args = parser.parse_args()
+    from src.determinism import make_deterministic
+
+    make_deterministic()
+    rows = table(load_params(), args.epochs, args.last)
+    names = list(rows[0][1])
+    print("epoch\t" + "\t".join(names))
+    for epoch, scores in rows:
+        print(f"{epoch}\t" + "\t".join(f"{scores[n]:.4g}" for n in names))
+    if len(rows) > 1:
+        print("mean\t" + "\t".join(f"{sum(s[n] for _, s in rows) / len(rows):.4g}" for n in names))
+
+
+if __name__ == "__main__":
+    main()
