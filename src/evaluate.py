@@ -313,9 +313,10 @@ def score_generator(params, data: EvalData, path: Path) -> dict:
 
 
 def _score_best(params, data: EvalData, measured: dict, metrics: dict, snapshots: Path) -> dict:
-    """The ``best_*`` keys of ``metrics.json`` (unprefixed): the best snapshot's :func:`score_generator` keys, or the
-    final generator's own (``measured``) when the best snapshot is the final one (the train
-    stage writes the last snapshot and ``generator.keras`` from the same weights)."""
+    """The ``best_*`` keys of ``metrics.json``, unprefixed: the best snapshot's
+    :func:`score_generator` keys, or the final generator's own (``measured``) when the best
+    snapshot is the final one (the train stage writes the last snapshot and
+    ``generator.keras`` from the same weights)."""
     if metrics["best_epoch"] == metrics["final_epoch"]:
         return _own_keys(measured)
     path = dict(list_snapshots(snapshots)).get(metrics["best_epoch"])
@@ -361,7 +362,8 @@ def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Pat
     against its ``SHA256SUMS``).
 
     With ``evaluate.score_best``, ``best_<key>`` holds the best snapshot's own metrics (each
-    ``<key>`` of the final generator's but the real-data floor), measured as the final one's are (the same images, latents and reference: :func:`score_generator`).
+    ``<key>`` of the final generator's but the real-data floor), measured as the final one's
+    are (as many images, the same latents and reference: :func:`score_generator`).
 
     Returns the metrics dict: numbers, strings and ``{"lo", "hi"}`` intervals (floats
     rounded to 6 significant digits).
