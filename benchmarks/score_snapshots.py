@@ -6,10 +6,14 @@ This prints, for the snapshots asked for, every headline metric the evaluate sta
 write to ``metrics.json`` had training stopped there: ``num_samples`` images from the same
 latents against the same reference, with the same seeds (``src.evaluate.score_generator``),
 then their mean. The last snapshot's row equals the final generator's ``metrics.json``.
+``--draws K`` scores each snapshot with K sets of latents (the first is ``metrics.json``'s)
+and prints each figure's mean and standard deviation over them: how far a figure moves with
+the latents alone, which one draw of ``num_samples`` images cannot show.
 Run it in a finished run (after ``dvc repro``), from the repository root:
 
     python benchmarks/score_snapshots.py --last 4                  # the last four snapshots
     python benchmarks/score_snapshots.py --epochs 480 540 600 620  # these epochs
+    python benchmarks/score_snapshots.py --last 1 --draws 6        # the final generator, 6 latent draws
 
 It writes nothing.
 """
@@ -17,15 +21,18 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.config import load_params  # noqa: E402
 from src.errors import UserError, stage_main  # noqa: E402
 
 
-def table(params, epochs=None, last=None, outputs="outputs", processed="data/processed", rulers=None):
-    """``[(epoch, {metric: value})]`` for the chosen snapshots (``epochs``, or the ``last`` few),
-    each scored by :func:`src.evaluate.score_generator` on the evaluate stage's own data."""
+def table(params, epochs=None, last=None, outputs="outputs", processed="data/processed", rulers=None, draws=1):
+    """``[(epoch, {metric: [value of each draw]})]`` for the chosen snapshots (``epochs``, or
+    the ``last`` few), each scored by :func:`src.evaluate.score_generator` on the evaluate
+    stage's own data with ``draws`` sets of latents (draw 0: ``metrics.json``'s)."""
     from src import evaluate as ev
     from src.metrics import ruler
     from src.metrics.registry import METRICS
@@ -42,11 +49,20 @@ def table(params, epochs=None, last=None, outputs="outputs", processed="data/pro
         raise UserError(f"{out.snapshots}: no snapshot of epoch {missing[0]} (there are: "
                         f"{', '.join(str(e) for e in sorted(found))})")
     data, _ = ev.measured_data(params, outputs, processed, lambda message: None, rulers or ruler.RULERS)
+    if draws < 1:
+        raise UserError(f"--draws must be at least 1, not {draws}")
     rows = []
     for epoch in chosen:
-        scores = ev.score_generator(params, data, found[epoch])
-        rows.append((epoch, {name: scores[name] for name in METRICS if name in scores}))
+        each = [ev.score_generator(params, data, found[epoch], draw) for draw in range(draws)]
+        rows.append((epoch, {name: [scores[name] for scores in each] for name in METRICS if name in each[0]}))
     return rows
+
+
+def _cell(values) -> str:
+    """One figure, or the mean and standard deviation of several."""
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}"
 
 
 @stage_main
@@ -55,17 +71,19 @@ def main() -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--epochs", type=int, nargs="+", help="the snapshots' epochs (default: every snapshot)")
     which.add_argument("--last", type=int, help="the last this many snapshots")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="sets of latents per snapshot (default 1: metrics.json's); prints mean ± sd")
     args = parser.parse_args()
     from src.determinism import make_deterministic
 
     make_deterministic()
-    rows = table(load_params(), args.epochs, args.last)
+    rows = table(load_params(), args.epochs, args.last, draws=args.draws)
     names = list(rows[0][1])
     print("epoch\t" + "\t".join(names))
     for epoch, scores in rows:
-        print(f"{epoch}\t" + "\t".join(f"{scores[n]:.4g}" for n in names))
+        print(f"{epoch}\t" + "\t".join(_cell(scores[n]) for n in names))
     if len(rows) > 1:
-        print("mean\t" + "\t".join(f"{sum(s[n] for _, s in rows) / len(rows):.4g}" for n in names))
+        print("mean\t" + "\t".join(f"{np.mean([s[n] for _, s in rows]):.4g}" for n in names))
 
 
 if __name__ == "__main__":

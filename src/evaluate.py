@@ -58,7 +58,7 @@ from src.errors import UserError
 from src.metrics import classifier as cls
 from src.metrics import ruler
 from src.labels import MNIST_CLASSES
-from src.metrics.registry import GEN, NOISE, SPLIT, EvalData, curve_metric, run_metrics, stream_seed
+from src.metrics.registry import NOISE, SPLIT, EvalData, curve_metric, latent_seed, run_metrics, stream_seed
 from src.paths import OUTPUTS, PROCESSED, Outputs
 from src.snapshots import list_snapshots
 
@@ -207,7 +207,7 @@ def _mnist_data(params, outputs: Outputs, rulers: Path, log: Callable[[str], Non
                   "": balanced_labels(n, len(MNIST_CLASSES))}
         request = _class_map("mnist", gen_classes, MNIST_CLASSES, gen_path)[labels[""]]
     t0 = time.perf_counter()
-    fake = generate_unit(params, generator, n, stream_seed(ev, GEN), request)
+    fake = generate_unit(params, generator, n, latent_seed(ev), request)
     noise = np.random.default_rng(stream_seed(ev, NOISE)).random(ref.shape[:1] + (28, 28, 1), dtype=np.float32)
     log(f"evaluate: generated {n} images in {time.perf_counter() - t0:.1f}s")
     data = EvalData(ev, "mnist", ref, {"": fake, "_real": real}, nets={"classifier": net}, extra={"noise": noise},
@@ -247,7 +247,7 @@ def _folder_data(params, outputs: Outputs, processed_dir: Path, rulers: Path,
         labels = {"ref": reader.gather_labels(order[:half]), "_real": reader.gather_labels(order[half:2 * half])}
         labels[""] = labels["ref"].copy()
         request = _class_map("folder", gen_classes, classes, gen_path)[labels[""]]
-    fake = generate_unit(params, generator, half, stream_seed(ev, GEN), request)
+    fake = generate_unit(params, generator, half, latent_seed(ev), request)
     inception_net = inception.load_inception(ev.inception_weights)
     data = _folder_eval_data(ev, real_a, fake, real_b, net, inception_net, log, labels, classes)
     meta = {"feature_net": "random-conv" + ("+keras-inception-v3" if inception_net is not None else ""),
@@ -297,15 +297,16 @@ def _own_keys(metrics: dict) -> dict:
             if "_real" not in key and "noise" not in key and not key.startswith("per_class")}
 
 
-def score_generator(params, data: EvalData, path: Path) -> dict:
+def score_generator(params, data: EvalData, path: Path, draw: int = 0) -> dict:
     """Every metric of ``data.kind`` for the generator at ``path`` (a ``.keras`` file or a
     training snapshot), measured as the final generator is: ``len(data.sets[""])`` images
     from the same latents (the same requested classes, for a conditional one) against the
     same reference, whose features are computed once. Returns :func:`_own_keys` (no floor).
+    ``draw`` > 0 draws another set of latents (:func:`src.metrics.registry.latent_seed`).
     Public for benchmarks that score several snapshots on the full ruler."""
     generator = _load_generator(params, path)
     n = len(data.sets[""])
-    images = generate_unit(params, generator, n, stream_seed(params.evaluate, GEN), _requested(generator, data, n, path))
+    images = generate_unit(params, generator, n, latent_seed(params.evaluate, draw), _requested(generator, data, n, path))
     labels = None if data.labels is None else {k: v for k, v in data.labels.items() if k in ("ref", "")}
     shared = {key: value for key, value in data._cache.items() if key[1] not in data.sets}  # the reference's features
     other = dataclasses.replace(data, sets={"": images}, labels=labels, _cache=shared)
@@ -332,7 +333,7 @@ def _curve(params, data: EvalData, snapshots: Path, log: Callable[[str], None]) 
     rows = []
     for epoch, path in list_snapshots(snapshots):
         generator = _load_generator(params, path)  # a conditional one draws the first n classes of the generated set
-        images = generate_unit(params, generator, n, stream_seed(params.evaluate, GEN),
+        images = generate_unit(params, generator, n, latent_seed(params.evaluate),
                                 _requested(generator, data, n, path))
         rows.append((epoch, metric.curve(data, images)))
         log(f"evaluate: epoch {epoch} {metric.curve_column} {rows[-1][1]:.3f}")

@@ -167,8 +167,15 @@ def test_score_snapshots_scores_each_snapshot_as_the_final_generator(run):
     rows = dict(script.table(params, last=2, outputs=out, rulers=RULERS))
     assert list(rows) == [20, 30]
     for name in ("swd", "fd_random"):
-        assert ev._round(rows[30][name]) == metrics[name]
-        assert ev._round(rows[20][name]) == metrics["best_" + name]
+        assert ev._round(rows[30][name][0]) == metrics[name]
+        assert ev._round(rows[20][name][0]) == metrics["best_" + name]
+    # More latent draws: the first is metrics.json's, the others are other images.
+    drawn = dict(script.table(params, epochs=[30], outputs=out, rulers=RULERS, draws=3))[30]
+    assert ev._round(drawn["swd"][0]) == metrics["swd"]
+    assert len(set(drawn["swd"])) == 3 and len(set(drawn["fd_random"])) == 3
+    assert script._cell(drawn["swd"]).count("±") == 1
     assert list(dict(script.table(params, epochs=[10], outputs=out, rulers=RULERS))) == [10]
+    with pytest.raises(UserError, match="--draws must be at least 1"):
+        script.table(params, epochs=[10], outputs=out, rulers=RULERS, draws=0)
     with pytest.raises(UserError, match="no snapshot of epoch 40 .there are: 10, 20, 30"):
         script.table(params, epochs=[40], outputs=out, rulers=RULERS)

@@ -46,6 +46,13 @@ def stream_seed(ev, stream: int) -> int:
     return int(ev.seed) * 16 + 1000 + stream
 
 
+def latent_seed(ev, draw: int = 0) -> int:
+    """The seed of the generated images' latents: draw 0 is what ``metrics.json`` measures
+    (the ``GEN`` stream); draws 1, 2, ... are further independent sets of latents, for
+    benchmarks that measure how much a figure moves with the latents alone."""
+    return stream_seed(ev, GEN) + 1_000_000 * int(draw)
+
+
 @dataclass
 class EvalData:
     """What the metrics measure: ``sets`` (key suffix -> images: ``""`` the generated
