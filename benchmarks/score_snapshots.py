@@ -6,14 +6,16 @@ This prints, for the snapshots asked for, every headline metric the evaluate sta
 write to ``metrics.json`` had training stopped there: ``num_samples`` images from the same
 latents against the same reference, with the same seeds (``src.evaluate.score_generator``),
 then their mean. The last snapshot's row equals the final generator's ``metrics.json``.
-``--draws K`` scores each snapshot with K sets of latents (the first is ``metrics.json``'s)
-and prints each figure's mean and standard deviation over them: how far a figure moves with
-the latents alone, which one draw of ``num_samples`` images cannot show.
+``--draws K`` measures each snapshot K times, each time against another split of the real
+images (a folder's halves; MNIST's shuffled test digits) with other latents, the first
+being ``metrics.json``'s own, and prints each figure's mean and standard deviation over the
+draws, the real floor's (``<key>_real``, the same draws) and their ratio, draw by draw:
+how far one draw of ``num_samples`` images moves a figure, which a single run cannot show.
 Run it in a finished run (after ``dvc repro``), from the repository root:
 
     python benchmarks/score_snapshots.py --last 4                  # the last four snapshots
     python benchmarks/score_snapshots.py --epochs 480 540 600 620  # these epochs
-    python benchmarks/score_snapshots.py --last 1 --draws 6        # the final generator, 6 latent draws
+    python benchmarks/score_snapshots.py --last 1 --draws 6        # the final generator, 6 draws
 
 It writes nothing.
 """
@@ -32,7 +34,9 @@ from src.errors import UserError, stage_main  # noqa: E402
 def table(params, epochs=None, last=None, outputs="outputs", processed="data/processed", rulers=None, draws=1):
     """``[(epoch, {metric: [value of each draw]})]`` for the chosen snapshots (``epochs``, or
     the ``last`` few), each scored by :func:`src.evaluate.score_generator` on the evaluate
-    stage's own data with ``draws`` sets of latents (draw 0: ``metrics.json``'s)."""
+    stage's own data, then on ``draws - 1`` other splits with other latents
+    (``measured_data(draw=k)``). Each dict also holds ``<metric>_real``: the real floor of
+    the same draws."""
     from src import evaluate as ev
     from src.metrics import ruler
     from src.metrics.registry import METRICS
@@ -48,14 +52,19 @@ def table(params, epochs=None, last=None, outputs="outputs", processed="data/pro
     if missing:
         raise UserError(f"{out.snapshots}: no snapshot of epoch {missing[0]} (there are: "
                         f"{', '.join(str(e) for e in sorted(found))})")
-    data, _ = ev.measured_data(params, outputs, processed, lambda message: None, rulers or ruler.RULERS)
     if draws < 1:
         raise UserError(f"--draws must be at least 1, not {draws}")
-    rows = []
-    for epoch in chosen:
-        each = [ev.score_generator(params, data, found[epoch], draw) for draw in range(draws)]
-        rows.append((epoch, {name: [scores[name] for scores in each] for name in METRICS if name in each[0]}))
-    return rows
+    scores = {epoch: [] for epoch in chosen}
+    floors = []
+    for draw in range(draws):
+        data, _ = ev.measured_data(params, outputs, processed, lambda message: None, rulers or ruler.RULERS, draw)
+        floors.append(ev.score_floor(data))
+        for epoch in chosen:
+            scores[epoch].append(ev.score_generator(params, data, found[epoch], draw))
+    names = [name for name in METRICS if name in floors[0]]
+    return [(epoch, {**{name: [each[name] for each in scores[epoch]] for name in names},
+                     **{name + "_real": [floor[name] for floor in floors] for name in names}})
+            for epoch in chosen]
 
 
 def _cell(values) -> str:
@@ -72,19 +81,21 @@ def main() -> None:
     which.add_argument("--epochs", type=int, nargs="+", help="the snapshots' epochs (default: every snapshot)")
     which.add_argument("--last", type=int, help="the last this many snapshots")
     parser.add_argument("--draws", type=int, default=1,
-                        help="sets of latents per snapshot (default 1: metrics.json's); prints mean ± sd")
+                        help="splits of the real images, each with its own latents (default 1: metrics.json's); "
+                             "prints mean ± sd")
     args = parser.parse_args()
     from src.determinism import make_deterministic
 
     make_deterministic()
     rows = table(load_params(), args.epochs, args.last, draws=args.draws)
-    names = list(rows[0][1])
-    print("epoch\t" + "\t".join(names))
+    names = [name for name in rows[0][1] if not name.endswith("_real")]
+    print("epoch\t" + "\t".join(f"{n}\t{n} / real" for n in names))
     for epoch, scores in rows:
-        print(f"{epoch}\t" + "\t".join(_cell(scores[n]) for n in names))
+        ratios = {n: np.asarray(scores[n]) / np.asarray(scores[n + "_real"]) for n in names}
+        print(f"{epoch}\t" + "\t".join(f"{_cell(scores[n])}\t{_cell(ratios[n])}" for n in names))
+    print("real\t" + "\t".join(f"{_cell(rows[0][1][n + '_real'])}\t" for n in names))
     if len(rows) > 1:
-        print("mean\t" + "\t".join(f"{np.mean([s[n] for _, s in rows]):.4g}" for n in names))
-
+        print("mean\t" + "\t".join(f"{np.mean([s[n] for _, s in rows]):.4g}\t" for n in names))
 
 if __name__ == "__main__":
     main()

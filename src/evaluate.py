@@ -58,7 +58,7 @@ from src.errors import UserError
 from src.metrics import classifier as cls
 from src.metrics import ruler
 from src.labels import MNIST_CLASSES
-from src.metrics.registry import NOISE, SPLIT, EvalData, curve_metric, latent_seed, run_metrics, stream_seed
+from src.metrics.registry import NOISE, EvalData, curve_metric, latent_seed, run_metrics, split_seed, stream_seed
 from src.paths import OUTPUTS, PROCESSED, Outputs
 from src.snapshots import list_snapshots
 
@@ -182,7 +182,8 @@ def _require_generator(outputs: Outputs) -> Path:
     return outputs.generator
 
 
-def _mnist_data(params, outputs: Outputs, rulers: Path, log: Callable[[str], None]) -> tuple[EvalData, dict]:
+def _mnist_data(params, outputs: Outputs, rulers: Path, log: Callable[[str], None],
+                draw: int = 0) -> tuple[EvalData, dict]:
     """MNIST: generated images and the first ``num_samples`` training digits against a seeded
     shuffle of the test digits; uniform noise for the ceiling; the shipped digit CNN."""
     ev = params.evaluate
@@ -193,7 +194,7 @@ def _mnist_data(params, outputs: Outputs, rulers: Path, log: Callable[[str], Non
     train_x, train_y = _load_mnist(params.data.mnist_dir, "train")
     # A seeded shuffle of the test set: its first 5,000 digits come from other writers than
     # the last 5,000 (cleaner), so a prefix would be a biased reference for n < 10,000.
-    shuffle = np.random.default_rng(stream_seed(ev, SPLIT)).permutation(len(test_x))
+    shuffle = np.random.default_rng(split_seed(ev, draw)).permutation(len(test_x))
     test_x = test_x[shuffle]
     ref = cls.to_unit_range(test_x[:n])
     real = cls.to_unit_range(train_x[:n])
@@ -207,7 +208,7 @@ def _mnist_data(params, outputs: Outputs, rulers: Path, log: Callable[[str], Non
                   "": balanced_labels(n, len(MNIST_CLASSES))}
         request = _class_map("mnist", gen_classes, MNIST_CLASSES, gen_path)[labels[""]]
     t0 = time.perf_counter()
-    fake = generate_unit(params, generator, n, latent_seed(ev), request)
+    fake = generate_unit(params, generator, n, latent_seed(ev, draw), request)
     noise = np.random.default_rng(stream_seed(ev, NOISE)).random(ref.shape[:1] + (28, 28, 1), dtype=np.float32)
     log(f"evaluate: generated {n} images in {time.perf_counter() - t0:.1f}s")
     data = EvalData(ev, "mnist", ref, {"": fake, "_real": real}, nets={"classifier": net}, extra={"noise": noise},
@@ -216,7 +217,7 @@ def _mnist_data(params, outputs: Outputs, rulers: Path, log: Callable[[str], Non
 
 
 def _folder_data(params, outputs: Outputs, processed_dir: Path, rulers: Path,
-                 log: Callable[[str], None]) -> tuple[EvalData, dict]:
+                 log: Callable[[str], None], draw: int = 0) -> tuple[EvalData, dict]:
     """Folder data: the processed images split (seeded) into halves A and B; generated images
     and B against A; the shipped random conv net, and InceptionV3 when its weights are there.
     A conditional generator draws the classes of A's images, in order."""
@@ -230,7 +231,7 @@ def _folder_data(params, outputs: Outputs, processed_dir: Path, rulers: Path,
     if total < 8:
         raise UserError(f"{processed_dir}: only {total} images; evaluation needs at least 8")
     half = min(ev.num_samples, total // 2)
-    order = np.random.default_rng(stream_seed(ev, SPLIT)).permutation(total)
+    order = np.random.default_rng(split_seed(ev, draw)).permutation(total)
     reader = ShardReader(shards, shard_labels)
     real_a = cls.to_unit_range(reader.gather(order[:half]), value_range)
     real_b = cls.to_unit_range(reader.gather(order[half:2 * half]), value_range)
@@ -247,7 +248,7 @@ def _folder_data(params, outputs: Outputs, processed_dir: Path, rulers: Path,
         labels = {"ref": reader.gather_labels(order[:half]), "_real": reader.gather_labels(order[half:2 * half])}
         labels[""] = labels["ref"].copy()
         request = _class_map("folder", gen_classes, classes, gen_path)[labels[""]]
-    fake = generate_unit(params, generator, half, latent_seed(ev), request)
+    fake = generate_unit(params, generator, half, latent_seed(ev, draw), request)
     inception_net = inception.load_inception(ev.inception_weights)
     data = _folder_eval_data(ev, real_a, fake, real_b, net, inception_net, log, labels, classes)
     meta = {"feature_net": "random-conv" + ("+keras-inception-v3" if inception_net is not None else ""),
@@ -313,6 +314,15 @@ def score_generator(params, data: EvalData, path: Path, draw: int = 0) -> dict:
     return _own_keys(run_metrics(other))
 
 
+def score_floor(data: EvalData) -> dict:
+    """The real floor of ``data`` (its ``"_real"`` set against the reference) under the
+    generated set's own key names (``swd``, not ``swd_real``), as :func:`score_generator`
+    returns them. Public for benchmarks that compare the two draw by draw."""
+    labels = None if data.labels is None else {"ref": data.labels["ref"], "": data.labels["_real"]}
+    shared = {key: value for key, value in data._cache.items() if key[1] not in data.sets}
+    return _own_keys(run_metrics(dataclasses.replace(data, sets={"": data.sets["_real"]}, labels=labels, _cache=shared)))
+
+
 def _score_best(params, data: EvalData, measured: dict, metrics: dict, snapshots: Path) -> dict:
     """The ``best_*`` keys of ``metrics.json``, unprefixed: the best snapshot's
     :func:`score_generator` keys, or the final generator's own (``measured``) when the best
@@ -343,14 +353,17 @@ def _curve(params, data: EvalData, snapshots: Path, log: Callable[[str], None]) 
 
 # ---------------------------------------------------------------- entry point
 def measured_data(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Path = PROCESSED,
-                  log: Callable[[str], None] = _log, rulers: str | Path = ruler.RULERS) -> tuple[EvalData, dict]:
+                  log: Callable[[str], None] = _log, rulers: str | Path = ruler.RULERS,
+                  draw: int = 0) -> tuple[EvalData, dict]:
     """``(data, meta)``: what the evaluate stage measures (the final generator's images, the
     reference and the floor, :func:`_mnist_data` or :func:`_folder_data`) and its
-    descriptive ``metrics.json`` keys. Public for benchmarks (:func:`score_generator`)."""
+    descriptive ``metrics.json`` keys. ``draw`` > 0: another split of the real images and
+    other latents (:func:`src.metrics.registry.split_seed`, :func:`~src.metrics.registry.latent_seed`).
+    Public for benchmarks (:func:`score_generator`)."""
     outputs = Outputs(Path(outputs_dir))
     if params.data.image_size == 28 and params.data.channels == 1 and params.data.source == "mnist":
-        return _mnist_data(params, outputs, Path(rulers), log)
-    return _folder_data(params, outputs, Path(processed_dir), Path(rulers), log)
+        return _mnist_data(params, outputs, Path(rulers), log, draw)
+    return _folder_data(params, outputs, Path(processed_dir), Path(rulers), log, draw)
 
 
 def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Path = PROCESSED,

@@ -169,10 +169,13 @@ def test_score_snapshots_scores_each_snapshot_as_the_final_generator(run):
     for name in ("swd", "fd_random"):
         assert ev._round(rows[30][name][0]) == metrics[name]
         assert ev._round(rows[20][name][0]) == metrics["best_" + name]
-    # More latent draws: the first is metrics.json's, the others are other images.
+    # More draws: the first is metrics.json's (the generator's and the floor's), the others
+    # other splits and latents.
     drawn = dict(script.table(params, epochs=[30], outputs=out, rulers=RULERS, draws=3))[30]
-    assert ev._round(drawn["swd"][0]) == metrics["swd"]
-    assert len(set(drawn["swd"])) == 3 and len(set(drawn["fd_random"])) == 3
+    for name in ("swd", "fd_random"):
+        assert ev._round(drawn[name][0]) == metrics[name]
+        assert ev._round(drawn[name + "_real"][0]) == metrics[name + "_real"]
+        assert len(set(drawn[name])) == 3 and len(set(drawn[name + "_real"])) == 3
     assert script._cell(drawn["swd"]).count("±") == 1
     assert list(dict(script.table(params, epochs=[10], outputs=out, rulers=RULERS))) == [10]
     with pytest.raises(UserError, match="--draws must be at least 1"):

@@ -255,3 +255,20 @@ def test_gather_across_shards():
     shards = [np.arange(5, dtype=np.float32)[:, None], np.arange(5, 12, dtype=np.float32)[:, None]]
     idx = np.array([11, 0, 6, 4, 5])
     assert ShardReader(shards).gather(idx).ravel().tolist() == [11, 0, 6, 4, 5]
+
+
+def test_other_draws_split_the_real_images_and_draw_latents_anew(tmp_path, monkeypatch, mnist_stub, rulers_dir):
+    """measured_data(draw=k): draw 0 is the evaluate stage's own data; another draw shuffles
+    the reference digits and the latents anew (same digits, other order and images), and
+    score_floor measures its real set under the generated set's key names."""
+    out = _mnist_outputs(tmp_path, monkeypatch, mnist_stub)
+    params = parse_params({"evaluate": FEW})
+    metrics = ev.evaluate(params, outputs_dir=out, write=False, log=lambda m: None, rulers=rulers_dir)
+    own, _ = ev.measured_data(params, out, log=lambda m: None, rulers=rulers_dir)
+    other, _ = ev.measured_data(params, out, log=lambda m: None, rulers=rulers_dir, draw=1)
+    assert not np.array_equal(own.reference, other.reference)
+    assert not np.array_equal(own.sets[""], other.sets[""])
+    assert ev._round(ev.score_floor(own)["fid"]) == metrics["fid_real"]
+    assert ev.score_floor(other)["fid"] != ev.score_floor(own)["fid"]
+    again, _ = ev.measured_data(params, out, log=lambda m: None, rulers=rulers_dir, draw=1)
+    assert np.array_equal(again.reference, other.reference) and np.array_equal(again.sets[""], other.sets[""])

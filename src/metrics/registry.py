@@ -49,8 +49,14 @@ def stream_seed(ev, stream: int) -> int:
 def latent_seed(ev, draw: int = 0) -> int:
     """The seed of the generated images' latents: draw 0 is what ``metrics.json`` measures
     (the ``GEN`` stream); draws 1, 2, ... are further independent sets of latents, for
-    benchmarks that measure how much a figure moves with the latents alone."""
+    benchmarks that measure how much a figure moves with the draw alone."""
     return stream_seed(ev, GEN) + 1_000_000 * int(draw)
+
+
+def split_seed(ev, draw: int = 0) -> int:
+    """The seed of the real images' split (a folder's halves, MNIST's shuffled test digits):
+    draw 0 is ``metrics.json``'s (the ``SPLIT`` stream), draws 1, 2, ... other splits."""
+    return stream_seed(ev, SPLIT) + 1_000_000 * int(draw)
 
 
 @dataclass
