@@ -97,5 +97,6 @@ def main() -> None:
     if len(rows) > 1:
         print("mean\t" + "\t".join(f"{np.mean([s[n] for _, s in rows]):.4g}\t" for n in names))
 
+
 if __name__ == "__main__":
     main()

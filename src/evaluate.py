@@ -309,9 +309,14 @@ def score_generator(params, data: EvalData, path: Path, draw: int = 0) -> dict:
     n = len(data.sets[""])
     images = generate_unit(params, generator, n, latent_seed(params.evaluate, draw), _requested(generator, data, n, path))
     labels = None if data.labels is None else {k: v for k, v in data.labels.items() if k in ("ref", "")}
-    shared = {key: value for key, value in data._cache.items() if key[1] not in data.sets}  # the reference's features
-    other = dataclasses.replace(data, sets={"": images}, labels=labels, _cache=shared)
-    return _own_keys(run_metrics(other))
+    return _own_keys(run_metrics(_in_place_of_generated(data, images, labels)))
+
+
+def _in_place_of_generated(data: EvalData, images: np.ndarray, labels: dict | None) -> EvalData:
+    """``data`` with ``images`` (and their ``labels``) as its only, generated set; the
+    reference's features, computed once, are kept."""
+    shared = {key: value for key, value in data._cache.items() if key[1] not in data.sets}
+    return dataclasses.replace(data, sets={"": images}, labels=labels, _cache=shared)
 
 
 def score_floor(data: EvalData) -> dict:
@@ -319,8 +324,7 @@ def score_floor(data: EvalData) -> dict:
     generated set's own key names (``swd``, not ``swd_real``), as :func:`score_generator`
     returns them. Public for benchmarks that compare the two draw by draw."""
     labels = None if data.labels is None else {"ref": data.labels["ref"], "": data.labels["_real"]}
-    shared = {key: value for key, value in data._cache.items() if key[1] not in data.sets}
-    return _own_keys(run_metrics(dataclasses.replace(data, sets={"": data.sets["_real"]}, labels=labels, _cache=shared)))
+    return _own_keys(run_metrics(_in_place_of_generated(data, data.sets["_real"], labels)))
 
 
 def _score_best(params, data: EvalData, measured: dict, metrics: dict, snapshots: Path) -> dict:
