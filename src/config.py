@@ -230,6 +230,7 @@ class EvaluateParams:
     curve_samples: int = _spec(2000, check=at_least(2))
     seed: int = _spec(0, check=at_least(0))  # every random draw of evaluate: never common.seed
     bootstrap: int = _spec(100, check=at_least(2))
+    draws: int = _spec(1, check=at_least(1))  # splits x latents averaged (1 = the one draw of evaluate.seed)
     score_best: bool = True     # the best snapshot scored on every metric too (metrics.json "best")
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
 

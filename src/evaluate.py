@@ -58,6 +58,7 @@ from src.errors import UserError
 from src.metrics import classifier as cls
 from src.metrics import ruler
 from src.labels import MNIST_CLASSES
+from src.metrics.intervals import over_draws
 from src.metrics.registry import NOISE, EvalData, curve_metric, latent_seed, run_metrics, split_seed, stream_seed
 from src.paths import OUTPUTS, PROCESSED, Outputs
 from src.snapshots import list_snapshots
@@ -327,7 +328,7 @@ def score_floor(data: EvalData) -> dict:
     return _own_keys(run_metrics(_in_place_of_generated(data, data.sets["_real"], labels)))
 
 
-def _score_best(params, data: EvalData, measured: dict, metrics: dict, snapshots: Path) -> dict:
+def _score_best(params, data: EvalData, measured: dict, metrics: dict, snapshots: Path, draw: int = 0) -> dict:
     """The ``best_*`` keys of ``metrics.json``, unprefixed: the best snapshot's
     :func:`score_generator` keys, or the final generator's own (``measured``) when the best
     snapshot is the final one (the train stage writes the last snapshot and
@@ -337,7 +338,7 @@ def _score_best(params, data: EvalData, measured: dict, metrics: dict, snapshots
     path = dict(list_snapshots(snapshots)).get(metrics["best_epoch"])
     if path is None:
         raise UserError(f"{snapshots}: the snapshot of epoch {metrics['best_epoch']} is gone; rerun the evaluate stage")
-    return score_generator(params, data, path)
+    return score_generator(params, data, path, draw)
 
 
 def _curve(params, data: EvalData, snapshots: Path, log: Callable[[str], None]) -> str:
@@ -353,6 +354,20 @@ def _curve(params, data: EvalData, snapshots: Path, log: Callable[[str], None]) 
         log(f"evaluate: epoch {epoch} {metric.curve_column} {rows[-1][1]:.3f}")
         faults.point("curve")
     return f"epoch\t{metric.curve_column}\n" + "".join(f"{e}\t{_round(v)}\n" for e, v in rows)
+
+
+def _over_draws(params, outputs: Outputs, processed_dir, rulers, kept: dict, measured: dict,
+                best: dict | None) -> tuple[dict, dict | None]:
+    """``(measured, best)`` as the mean over ``evaluate.draws`` draws (draw 0: the ones given;
+    draw k: :func:`measured_data` with ``draw=k``), intervals from the draws
+    (:func:`src.metrics.intervals.over_draws`)."""
+    all_measured, all_best = [measured], [best]
+    for draw in range(1, params.evaluate.draws):
+        data, _ = measured_data(params, outputs.root, processed_dir, lambda message: None, rulers, draw)
+        all_measured.append(run_metrics(data))
+        if best is not None:
+            all_best.append(_score_best(params, data, all_measured[-1], kept, outputs.snapshots, draw))
+    return over_draws(all_measured), None if best is None else over_draws(all_best)
 
 
 # ---------------------------------------------------------------- entry point
@@ -387,18 +402,25 @@ def evaluate(params, outputs_dir: str | Path = OUTPUTS, processed_dir: str | Pat
     rounded to 6 significant digits).
     """
     outputs = Outputs(Path(outputs_dir))
+    draws = params.evaluate.draws
     data, meta = measured_data(params, outputs_dir, processed_dir, log, rulers)
     measured = run_metrics(data)
-    metrics = {**measured, **meta}
     curve = _curve(params, data, outputs.snapshots, log)
-    metrics.update(read_train_log(outputs.train_log_summary))
-    metrics.update(_keep_best(params, outputs, curve, write))
+    kept = {**read_train_log(outputs.train_log_summary), **_keep_best(params, outputs, curve, write)}
+    best = None
     if params.evaluate.score_best:
         t0 = time.perf_counter()
-        best = _score_best(params, data, measured, metrics, outputs.snapshots)
-        metrics.update({f"best_{key}": value for key, value in best.items()})
-        log(f"evaluate: the best snapshot (epoch {metrics['best_epoch']}) on every metric in "
+        best = _score_best(params, data, measured, kept, outputs.snapshots)
+        log(f"evaluate: the best snapshot (epoch {kept['best_epoch']}) on every metric in "
             f"{time.perf_counter() - t0:.1f}s")
+    if draws > 1:  # the same measurement on draws - 1 more splits and latents, then the mean
+        t0 = time.perf_counter()
+        measured, best = _over_draws(params, outputs, processed_dir, rulers, kept, measured, best)
+        meta["draws"] = draws
+        log(f"evaluate: {draws - 1} more draws (splits and latents) in {time.perf_counter() - t0:.1f}s")
+    metrics = {**measured, **meta, **kept}
+    if best is not None:
+        metrics.update({f"best_{key}": value for key, value in best.items()})
     metrics = {k: _rounded(v) for k, v in metrics.items()}
     if write:
         write_json(outputs.metrics, metrics)

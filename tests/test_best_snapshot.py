@@ -182,3 +182,38 @@ def test_score_snapshots_scores_each_snapshot_as_the_final_generator(run):
         script.table(params, epochs=[10], outputs=out, rulers=RULERS, draws=0)
     with pytest.raises(UserError, match="no snapshot of epoch 40 .there are: 10, 20, 30"):
         script.table(params, epochs=[40], outputs=out, rulers=RULERS)
+
+
+def test_evaluate_draws_reports_the_mean_over_splits_and_latents(run):
+    """evaluate.draws 3: every figure of metrics.json (the final generator's, its floor's and
+    the best snapshot's) is the mean of the same figure on 3 draws (draw k: measured_data
+    with draw=k), its interval from the 3 values; the curve and the best epoch stay draw 0's."""
+    from src.metrics.intervals import fold_interval
+    from src.metrics.registry import run_metrics
+    out, params, _ = run
+    one = ev.evaluate(params, outputs_dir=out, write=False, log=lambda m: None, rulers=RULERS)
+    three = parse_params(tiny_raw(data={"folder": str(out), "image_size": 16, "channels": 3},
+                                  evaluate={**EVALUATE, "draws": 3}))
+    metrics = ev.evaluate(three, outputs_dir=out, log=lambda m: None, rulers=RULERS)
+    assert metrics["draws"] == 3 and "draws" not in one
+    assert metrics["best_epoch"] == one["best_epoch"] == 20
+    assert metrics["best_curve_score"] == one["best_curve_score"]
+
+    datas = [ev.measured_data(three, out, log=lambda m: None, rulers=RULERS, draw=k)[0] for k in range(3)]
+    final = [run_metrics(data) for data in datas]
+    best = [ev.score_generator(three, data, out / "snapshots" / "generator_epoch_0020.npz", k)
+            for k, data in enumerate(datas)]
+    for name in ("swd", "fd_random", "swd_real", "fd_random_real"):
+        values = [m[name] for m in final]
+        assert len(set(values)) == 3
+        assert metrics[name] == ev._round(np.mean(values)) != one[name]
+        assert metrics[name + "_ci95"] == ev._rounded(fold_interval(float(np.mean(values)), values))
+    for name in ("swd", "fd_random"):
+        assert metrics["best_" + name] == ev._round(np.mean([b[name] for b in best]))
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    before = (out / "metrics.json").read_bytes()
+    ev.evaluate(three, outputs_dir=out, log=lambda m: None, rulers=RULERS)
+    assert (out / "metrics.json").read_bytes() == before  # the same bytes again
+
+    with pytest.raises(UserError, match="evaluate.draws"):
+        parse_params(tiny_raw(evaluate={**EVALUATE, "draws": 0}))

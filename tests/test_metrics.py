@@ -211,3 +211,30 @@ def test_inception_preprocess_gray_to_rgb_in_minus_one_one():
     assert out.shape == (2, 299, 299, 3) and out.dtype == np.float32
     assert out.min() >= -1.0001 and out.max() <= 1.0001
     assert np.allclose(out[..., 0], out[..., 2])
+
+
+def test_over_draws_means_each_number_and_takes_its_interval_from_the_draws():
+    """evaluate.draws: each number is the mean of the draws, its _ci95 mean +- t x sd / sqrt(K);
+    counts equal in every draw and strings stay; per_class is averaged key by key over the
+    draws that have the key."""
+    from src.metrics.intervals import over_draws, t975
+    draws = [{"fd": 1.0, "fd_ci95": {"lo": 0.5, "hi": 1.5}, "kid": -0.01, "kid_ci95": {"lo": -0.03, "hi": 0.01},
+              "num_samples": 100, "reference": "folder-half-a",
+              "per_class": {"a": {"swd": 10.0}, "b": {"swd": 4.0}}},
+             {"fd": 2.0, "fd_ci95": {"lo": 1.2, "hi": 2.8}, "kid": 0.03, "kid_ci95": {"lo": 0.01, "hi": 0.05},
+              "num_samples": 100, "reference": "folder-half-a",
+              "per_class": {"a": {"swd": 12.0}}},
+             {"fd": 6.0, "fd_ci95": {"lo": 5.0, "hi": 7.0}, "kid": 0.01, "kid_ci95": {"lo": 0.0, "hi": 0.02},
+              "num_samples": 100, "reference": "folder-half-a",
+              "per_class": {"a": {"swd": 14.0}, "b": {"swd": 6.0}}}]
+    out = over_draws(draws)
+    assert list(out) == list(draws[0])
+    assert out["fd"] == pytest.approx(3.0) and out["kid"] == pytest.approx(0.01)
+    half = t975(2) * np.std([1.0, 2.0, 6.0], ddof=1) / np.sqrt(3)  # 6.6: wider than the mean
+    assert out["fd_ci95"] == pytest.approx({"lo": 0.0, "hi": 3.0 + half})  # no draw went below 0: clipped
+    kid_half = t975(2) * np.std([-0.01, 0.03, 0.01], ddof=1) / np.sqrt(3)
+    assert out["kid_ci95"] == pytest.approx({"lo": 0.01 - kid_half, "hi": 0.01 + kid_half})  # KID may be < 0
+    assert out["num_samples"] == 100 and isinstance(out["num_samples"], int)
+    assert out["reference"] == "folder-half-a"
+    assert out["per_class"] == {"a": {"swd": pytest.approx(12.0)}, "b": {"swd": pytest.approx(5.0)}}
+    assert over_draws(draws[:1]) == draws[0]

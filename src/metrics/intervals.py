@@ -24,6 +24,11 @@ Two ways, picked per metric by what each costs:
   class's half-width (its interval's upper side, never clipped) for 1.96 x its standard
   error: exact for the bootstrap ones, a little wide for fold ones (t > 1.96).
 
+- **Mean over draws** (``evaluate.draws`` > 1): the whole evaluation runs on K splits of the
+  real images, each with its own latents; every number is the mean of its K values and its
+  interval mean +- t(0.975, K-1) x std / sqrt(K) (:func:`over_draws`). That interval holds
+  what one draw cannot see: how far the figure moves with the split and the latents.
+
 All functions are pure NumPy, deterministic for a seed, and return intervals as
 ``{"lo": ..., "hi": ...}`` (DVC flattens them to ``fid_ci95.lo``/``fid_ci95.hi`` columns in
 ``dvc metrics show/diff`` and ``dvc exp show``; it drops lists). Lower bounds of
@@ -187,3 +192,28 @@ def fold_interval(estimate: float, fold_values: Sequence[float], lower: float | 
     if k < 2:
         return {"lo": float(estimate), "hi": float(estimate)}
     return _interval(estimate, t975(k - 1) * float(v.std(ddof=1)) / np.sqrt(k), lower)
+
+
+# ---------------------------------------------------------------------------- means over draws
+def over_draws(results: Sequence[dict]) -> dict:
+    """One metrics dict from the dicts of K draws (same keys, in the first one's order): each
+    number the mean of its K values (a number equal in every draw, such as a count, stays as
+    it is; strings and flags are the first draw's), each ``<key>_ci95`` the interval of that
+    mean from the draws, :func:`fold_interval` with the draws as folds (clipped at 0 when no
+    draw's own interval went below it), nested dicts (``per_class``) the same, key by key,
+    over the draws that have the key."""
+    first = results[0]
+    out = {}
+    for key, value in first.items():
+        values = [r[key] for r in results if key in r]
+        if key.endswith("_ci95") and isinstance(first.get(key[:-5]), float):
+            base = [r[key[:-5]] for r in results if key[:-5] in r and key in r]
+            lower = 0.0 if min(v["lo"] for v in values) >= 0 else None
+            out[key] = fold_interval(float(np.mean(base)), base, lower) if len(base) > 1 else value
+        elif isinstance(value, dict):
+            out[key] = over_draws(values)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and any(v != value for v in values):
+            out[key] = float(np.mean(values))
+        else:
+            out[key] = value
+    return out
