@@ -37,6 +37,12 @@ unconditional generator gets none of these keys.
 Every quality number has a ``<key>_ci95: {lo, hi}`` 95% interval (:mod:`src.metrics.intervals`).
 Over training: FID (classifier features) or SWD (folder data) with ``curve_samples``
 images for every snapshot in ``outputs/snapshots/``, written to ``outputs/eval_curve.tsv``.
+``evaluate.draws`` K > 1: the final generator, its floor and the best snapshot are measured
+K times, draw k on another split of the real images (folder halves; MNIST's shuffled test
+digits) with other latents (:func:`~src.metrics.registry.split_seed`,
+:func:`~src.metrics.registry.latent_seed`), and each figure is the mean of the K, its
+``_ci95`` from the K values (:func:`src.metrics.intervals.over_draws`); draw 0 is the single
+evaluation's, and the curve (so the best epoch) stays on it.
 Every random draw (reference split, latents, KID subsets, SWD patches and projections,
 bootstraps, per class too) comes from ``evaluate.seed``, never ``common.seed``: runs of
 different training seeds are measured with the same ruler, and the same inputs give the
