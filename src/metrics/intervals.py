@@ -1,7 +1,8 @@
 """95% intervals for the quality numbers, so that a reader of ``dvc metrics diff`` can tell
 progress from noise.
 
-Two ways, picked per metric by what each costs:
+Each interval comes one of these ways: the first three picked per metric by what each costs,
+the last (``evaluate.draws`` > 1) in place of them all:
 
 - **Bootstrap** (FID, Frechet distance on any features, classifier score, class KL): the
   generated and the reference samples are both resampled with replacement ``resamples``
