@@ -188,7 +188,7 @@ def test_evaluate_draws_reports_the_mean_over_splits_and_latents(run):
     """evaluate.draws 3: every figure of metrics.json (the final generator's, its floor's and
     the best snapshot's) is the mean of the same figure on 3 draws (draw k: measured_data
     with draw=k), its interval from the 3 values; the curve and the best epoch stay draw 0's."""
-    from src.metrics.intervals import fold_interval
+    from src.metrics.intervals import t975
     from src.metrics.registry import run_metrics
     out, params, _ = run
     one = ev.evaluate(params, outputs_dir=out, write=False, log=lambda m: None, rulers=RULERS)
@@ -207,7 +207,11 @@ def test_evaluate_draws_reports_the_mean_over_splits_and_latents(run):
         values = [m[name] for m in final]
         assert len(set(values)) == 3
         assert metrics[name] == ev._round(np.mean(values)) != one[name]
-        assert metrics[name + "_ci95"] == ev._rounded(fold_interval(float(np.mean(values)), values))
+        cis = [m[name + "_ci95"] for m in final]
+        half = max(t975(2) * np.std(values, ddof=1) / np.sqrt(3), np.mean([c["hi"] - v for c, v in zip(cis, values)]) / np.sqrt(3))
+        want = {"lo": max(np.mean(values) - half, min(c["lo"] for c in cis)),
+                "hi": min(np.mean(values) + half, max(c["hi"] for c in cis))}
+        assert metrics[name + "_ci95"] == ev._rounded({k: float(v) for k, v in want.items()})
     for name in ("swd", "fd_random"):
         assert metrics["best_" + name] == ev._round(np.mean([b[name] for b in best]))
     assert json.loads((out / "metrics.json").read_text()) == metrics

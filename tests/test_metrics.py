@@ -214,27 +214,40 @@ def test_inception_preprocess_gray_to_rgb_in_minus_one_one():
 
 
 def test_over_draws_means_each_number_and_takes_its_interval_from_the_draws():
-    """evaluate.draws: each number is the mean of the draws, its _ci95 mean +- t x sd / sqrt(K);
-    counts equal in every draw and strings stay; per_class is averaged key by key over the
-    draws that have the key."""
+    """evaluate.draws: each number is the mean of the draws, its _ci95 mean +- t x sd / sqrt(K),
+    never narrower than the draws' own half-widths / sqrt(K), inside the hull of their
+    intervals; a figure no draw moves keeps its own interval; counts equal in every draw stay;
+    per_class is averaged key by key over the draws that have the key."""
     from src.metrics.intervals import over_draws, t975
-    draws = [{"fd": 1.0, "fd_ci95": {"lo": 0.5, "hi": 1.5}, "kid": -0.01, "kid_ci95": {"lo": -0.03, "hi": 0.01},
-              "num_samples": 100, "reference": "folder-half-a",
-              "per_class": {"a": {"swd": 10.0}, "b": {"swd": 4.0}}},
-             {"fd": 2.0, "fd_ci95": {"lo": 1.2, "hi": 2.8}, "kid": 0.03, "kid_ci95": {"lo": 0.01, "hi": 0.05},
-              "num_samples": 100, "reference": "folder-half-a",
-              "per_class": {"a": {"swd": 12.0}}},
-             {"fd": 6.0, "fd_ci95": {"lo": 5.0, "hi": 7.0}, "kid": 0.01, "kid_ci95": {"lo": 0.0, "hi": 0.02},
-              "num_samples": 100, "reference": "folder-half-a",
-              "per_class": {"a": {"swd": 14.0}, "b": {"swd": 6.0}}}]
+
+    def draw(fd, fd_ci, kid, kid_ci, swd, score, score_ci, classes, note):
+        return {"fd": fd, "fd_ci95": dict(zip(("lo", "hi"), fd_ci)), "kid": kid,
+                "kid_ci95": dict(zip(("lo", "hi"), kid_ci)), "swd": swd, "swd_ci95": {"lo": swd - 2, "hi": swd + 2},
+                "fid_real": 1.5, "fid_real_ci95": {"lo": 1.2, "hi": 1.8},
+                "score": score, "score_ci95": dict(zip(("lo", "hi"), score_ci)),
+                "num_samples": 100, "per_class_note": note, "per_class": classes}
+    draws = [draw(1.0, (0.5, 1.5), -0.01, (-0.08, 0.06), 10.0, 9.0, (8.5, 9.5),
+                  {"a": {"swd": 10.0, "count": 3}, "b": {"swd": 4.0, "count": 5}}, "class c left out"),
+             draw(2.0, (1.2, 2.8), 0.03, (-0.02, 0.08), 10.001, 9.5, (9.0, 10.0),
+                  {"a": {"swd": 12.0, "count": 4}}, "class b left out"),
+             draw(6.0, (5.0, 7.0), 0.01, (-0.05, 0.07), 10.002, 9.9, (9.4, 10.0),
+                  {"a": {"swd": 14.0, "count": 5}, "b": {"swd": 6.0, "count": 5}, "c": {"swd": 1.0, "count": 2}},
+                  "class c left out")]
     out = over_draws(draws)
     assert list(out) == list(draws[0])
     assert out["fd"] == pytest.approx(3.0) and out["kid"] == pytest.approx(0.01)
-    half = t975(2) * np.std([1.0, 2.0, 6.0], ddof=1) / np.sqrt(3)  # 6.6: wider than the mean
-    assert out["fd_ci95"] == pytest.approx({"lo": 0.0, "hi": 3.0 + half})  # no draw went below 0: clipped
-    kid_half = t975(2) * np.std([-0.01, 0.03, 0.01], ddof=1) / np.sqrt(3)
-    assert out["kid_ci95"] == pytest.approx({"lo": 0.01 - kid_half, "hi": 0.01 + kid_half})  # KID may be < 0
+    # fd: the t-interval 3 +- 6.6 is cut to the hull of the draws' intervals, [0.5, 7]
+    assert out["fd_ci95"] == pytest.approx({"lo": 0.5, "hi": 7.0})
+    kid_half = t975(2) * np.std([-0.01, 0.03, 0.01], ddof=1) / np.sqrt(3)  # inside the hull: KID may be < 0
+    assert out["kid_ci95"] == pytest.approx({"lo": 0.01 - kid_half, "hi": 0.01 + kid_half})
+    assert out["kid_ci95"]["lo"] < 0
+    # swd: three draws that happen to agree: the draws' own half-width 2 / sqrt(3), not ~0
+    assert out["swd_ci95"] == pytest.approx({"lo": 10.001 - 2 / np.sqrt(3), "hi": 10.001 + 2 / np.sqrt(3)})
+    assert out["fid_real_ci95"] == {"lo": 1.2, "hi": 1.8}  # the same images in every draw: its own interval
+    assert out["score_ci95"] == pytest.approx({"lo": 8.5, "hi": 10.0})  # bounded as the draws' are
     assert out["num_samples"] == 100 and isinstance(out["num_samples"], int)
-    assert out["reference"] == "folder-half-a"
-    assert out["per_class"] == {"a": {"swd": pytest.approx(12.0)}, "b": {"swd": pytest.approx(5.0)}}
+    assert out["per_class_note"] == "class c left out; class b left out"
+    assert out["per_class"] == {"a": {"swd": pytest.approx(12.0), "count": pytest.approx(4.0)},
+                                "b": {"swd": pytest.approx(5.0), "count": 5},
+                                "c": {"swd": 1.0, "count": 2}}
     assert over_draws(draws[:1]) == draws[0]

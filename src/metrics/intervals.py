@@ -27,8 +27,9 @@ the last (``evaluate.draws`` > 1) in place of them all:
 
 - **Mean over draws** (``evaluate.draws`` > 1): the whole evaluation runs on K splits of the
   real images, each with its own latents; every number is the mean of its K values and its
-  interval mean +- t(0.975, K-1) x std / sqrt(K) (:func:`over_draws`). That interval holds
-  what one draw cannot see: how far the figure moves with the split and the latents.
+  interval mean +- t(0.975, K-1) x std / sqrt(K), never narrower than the draws' own
+  intervals allow and inside their hull (:func:`over_draws`). That interval holds what one
+  draw cannot see: how far the figure moves with the split and the latents.
 
 All functions are pure NumPy, deterministic for a seed, and return intervals as
 ``{"lo": ..., "hi": ...}`` (DVC flattens them to ``fid_ci95.lo``/``fid_ci95.hi`` columns in
@@ -196,25 +197,49 @@ def fold_interval(estimate: float, fold_values: Sequence[float], lower: float | 
 
 
 # ---------------------------------------------------------------------------- means over draws
+def _draws_interval(values: Sequence[float], intervals: Sequence[dict[str, float]]) -> dict[str, float]:
+    """95% interval of the mean of one figure's K draws, from each draw's value and own interval.
+
+    The draws are independent measurements (another split and latents each), so the mean's
+    standard error is std(values) / sqrt(K), and the half-width t(0.975, K-1) x that; it is
+    never narrower than the draws' own mean half-width / sqrt(K) (a few draws can agree by
+    chance), and the interval stays inside the hull of the draws' intervals (which respect
+    the metric's bounds: >= 0 for a distance, >= 1 for a classifier score, <= 1 for a share).
+    A figure no draw moves (a floor measured on the same images every time) keeps the first
+    draw's interval: the draws add nothing to it."""
+    v = np.asarray(values, np.float64)
+    mean = float(v.mean())
+    if np.ptp(v) <= 1e-9 * max(1.0, abs(mean)):
+        return dict(intervals[0])
+    own = np.mean([ci["hi"] - x for ci, x in zip(intervals, v)]) / np.sqrt(len(v))
+    half = max(t975(len(v) - 1) * float(v.std(ddof=1)) / np.sqrt(len(v)), float(own))
+    return {"lo": max(mean - half, min(ci["lo"] for ci in intervals)),
+            "hi": min(mean + half, max(ci["hi"] for ci in intervals))}
+
+
 def over_draws(results: Sequence[dict]) -> dict:
-    """One metrics dict from the dicts of K draws (same keys, in the first one's order): each
-    number the mean of its K values (a number equal in every draw, such as a count, stays as
-    it is; strings and flags are the first draw's), each ``<key>_ci95`` the interval of that
-    mean from the draws, :func:`fold_interval` with the draws as folds (clipped at 0 when no
-    draw's own interval went below it), nested dicts (``per_class``) the same, key by key,
-    over the draws that have the key."""
-    first = results[0]
+    """One metrics dict from the dicts of K draws: every key any draw has, in the order of
+    first appearance; each number the mean over the draws that have it (a number equal in
+    every draw, such as ``num_samples``, stays as it is; a count that differs, such as a
+    class's images in one half, becomes its mean); each ``<key>_ci95`` the interval of that
+    mean (:func:`_draws_interval`); strings the distinct ones, joined by "; " (a note that
+    names other left-out classes in another draw); nested dicts (``per_class``) the same,
+    key by key."""
+    keys = list(dict.fromkeys(key for r in results for key in r))
     out = {}
-    for key, value in first.items():
-        values = [r[key] for r in results if key in r]
-        if key.endswith("_ci95") and isinstance(first.get(key[:-5]), float):
-            base = [r[key[:-5]] for r in results if key[:-5] in r and key in r]
-            lower = 0.0 if min(v["lo"] for v in values) >= 0 else None
-            out[key] = fold_interval(float(np.mean(base)), base, lower) if len(base) > 1 else value
-        elif isinstance(value, dict):
+    for key in keys:
+        have = [r for r in results if key in r]
+        values = [r[key] for r in have]
+        base = key[:-5] if key.endswith("_ci95") else None
+        if base is not None and all(isinstance(r.get(base), float) for r in have):
+            out[key] = _draws_interval([r[base] for r in have], values) if len(have) > 1 else values[0]
+        elif isinstance(values[0], dict):
             out[key] = over_draws(values)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and any(v != value for v in values):
+        elif isinstance(values[0], str):
+            out[key] = "; ".join(dict.fromkeys(values))
+        elif isinstance(values[0], (int, float)) and not isinstance(values[0], bool) and \
+                any(v != values[0] for v in values):
             out[key] = float(np.mean(values))
         else:
-            out[key] = value
+            out[key] = values[0]
     return out
