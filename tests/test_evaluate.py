@@ -272,3 +272,21 @@ def test_other_draws_split_the_real_images_and_draw_latents_anew(tmp_path, monke
     assert ev.score_floor(other)["fid"] != ev.score_floor(own)["fid"]
     again, _ = ev.measured_data(params, out, log=lambda m: None, rulers=rulers_dir, draw=1)
     assert np.array_equal(again.reference, other.reference) and np.array_equal(again.sets[""], other.sets[""])
+
+
+def test_mnist_draws_move_the_generated_digits_and_keep_a_fixed_floors_interval(tmp_path, monkeypatch, mnist_stub,
+                                                                                rulers_dir):
+    """evaluate.draws 2 on MNIST with num_samples = the whole test set: the reference is the
+    same digits every draw, so the floor (training digits against it) does not move and keeps
+    its own bootstrap interval, not a zero-width one; the generated digits do move."""
+    out = _mnist_outputs(tmp_path, monkeypatch, mnist_stub)
+    whole = {**FEW, "num_samples": 300}
+    one = ev.evaluate(parse_params({"evaluate": whole}), outputs_dir=out, write=False, log=lambda m: None,
+                      rulers=rulers_dir)
+    two = ev.evaluate(parse_params({"evaluate": {**whole, "draws": 2}}), outputs_dir=out, write=False,
+                      log=lambda m: None, rulers=rulers_dir)
+    assert two["draws"] == 2 and two["num_samples"] == one["num_samples"] == 300
+    assert two["fid_real"] == pytest.approx(one["fid_real"], rel=1e-5)
+    assert two["fid_real_ci95"] == one["fid_real_ci95"] and one["fid_real_ci95"]["hi"] > one["fid_real_ci95"]["lo"]
+    assert two["fid"] != one["fid"]
+    assert two["fid_ci95"]["lo"] < two["fid"] < two["fid_ci95"]["hi"]

@@ -228,9 +228,9 @@ def test_over_draws_means_each_number_and_takes_its_interval_from_the_draws():
                 "num_samples": 100, "per_class_note": note, "per_class": classes}
     draws = [draw(1.0, (0.5, 1.5), -0.01, (-0.08, 0.06), 10.0, 9.0, (8.5, 9.5),
                   {"a": {"swd": 10.0, "count": 3}, "b": {"swd": 4.0, "count": 5}}, "class c left out"),
-             draw(2.0, (1.2, 2.8), 0.03, (-0.02, 0.08), 10.001, 9.5, (9.0, 10.0),
+             draw(2.0, (1.2, 2.8), 0.03, (-0.02, 0.08), 10.01, 9.5, (9.0, 10.0),
                   {"a": {"swd": 12.0, "count": 4}}, "class b left out"),
-             draw(6.0, (5.0, 7.0), 0.01, (-0.05, 0.07), 10.002, 9.9, (9.4, 10.0),
+             draw(6.0, (5.0, 7.0), 0.01, (-0.05, 0.07), 10.02, 9.9, (9.4, 10.0),
                   {"a": {"swd": 14.0, "count": 5}, "b": {"swd": 6.0, "count": 5}, "c": {"swd": 1.0, "count": 2}},
                   "class c left out")]
     out = over_draws(draws)
@@ -242,7 +242,7 @@ def test_over_draws_means_each_number_and_takes_its_interval_from_the_draws():
     assert out["kid_ci95"] == pytest.approx({"lo": 0.01 - kid_half, "hi": 0.01 + kid_half})
     assert out["kid_ci95"]["lo"] < 0
     # swd: three draws that happen to agree: the draws' own half-width 2 / sqrt(3), not ~0
-    assert out["swd_ci95"] == pytest.approx({"lo": 10.001 - 2 / np.sqrt(3), "hi": 10.001 + 2 / np.sqrt(3)})
+    assert out["swd_ci95"] == pytest.approx({"lo": 10.01 - 2 / np.sqrt(3), "hi": 10.01 + 2 / np.sqrt(3)})
     assert out["fid_real_ci95"] == {"lo": 1.2, "hi": 1.8}  # the same images in every draw: its own interval
     assert out["score_ci95"] == pytest.approx({"lo": 8.5, "hi": 10.0})  # bounded as the draws' are
     assert out["num_samples"] == 100 and isinstance(out["num_samples"], int)
@@ -251,3 +251,6 @@ def test_over_draws_means_each_number_and_takes_its_interval_from_the_draws():
                                 "b": {"swd": pytest.approx(5.0), "count": 5},
                                 "c": {"swd": 1.0, "count": 2}}
     assert over_draws(draws[:1]) == draws[0]
+    # moved by float noise only (a thousandth of its own half-width): its own interval
+    still = over_draws([{"x": 5.0, "x_ci95": {"lo": 4.0, "hi": 6.0}}, {"x": 5.0005, "x_ci95": {"lo": 4.1, "hi": 6.1}}])
+    assert still["x_ci95"] == {"lo": 4.0, "hi": 6.0}

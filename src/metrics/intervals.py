@@ -205,11 +205,12 @@ def _draws_interval(values: Sequence[float], intervals: Sequence[dict[str, float
     never narrower than the draws' own mean half-width / sqrt(K) (a few draws can agree by
     chance), and the interval stays inside the hull of the draws' intervals (which respect
     the metric's bounds: >= 0 for a distance, >= 1 for a classifier score, <= 1 for a share).
-    A figure no draw moves (a floor measured on the same images every time) keeps the first
+    A figure the draws do not move (a floor measured on the same images every time: it
+    differs by float rounding only, under a thousandth of its own half-width) keeps the first
     draw's interval: the draws add nothing to it."""
     v = np.asarray(values, np.float64)
     mean = float(v.mean())
-    if np.ptp(v) <= 1e-9 * max(1.0, abs(mean)):
+    if np.ptp(v) <= 1e-3 * min(ci["hi"] - x for ci, x in zip(intervals, v)):  # float noise only
         return dict(intervals[0])
     own = np.mean([ci["hi"] - x for ci, x in zip(intervals, v)]) / np.sqrt(len(v))
     half = max(t975(len(v) - 1) * float(v.std(ddof=1)) / np.sqrt(len(v)), float(own))
