@@ -210,9 +210,10 @@ def _draws_interval(values: Sequence[float], intervals: Sequence[dict[str, float
     draw's interval: the draws add nothing to it."""
     v = np.asarray(values, np.float64)
     mean = float(v.mean())
-    if np.ptp(v) <= 1e-3 * min(ci["hi"] - x for ci, x in zip(intervals, v)):  # float noise only
+    own_halves = np.array([ci["hi"] for ci in intervals], np.float64) - v
+    if np.ptp(v) <= 1e-3 * own_halves.min():  # float noise only
         return dict(intervals[0])
-    own = np.mean([ci["hi"] - x for ci, x in zip(intervals, v)]) / np.sqrt(len(v))
+    own = own_halves.mean() / np.sqrt(len(v))
     half = max(t975(len(v) - 1) * float(v.std(ddof=1)) / np.sqrt(len(v)), float(own))
     return {"lo": max(mean - half, min(ci["lo"] for ci in intervals)),
             "hi": min(mean + half, max(ci["hi"] for ci in intervals))}
