@@ -124,6 +124,7 @@ class DCGANParams:
     spectral_norm: bool = False
     minibatch_std: bool = False
     d_residual: bool = False
+    g_block_convs: int = _spec(0, check=between(0, 4))
 
 
 @dataclass(frozen=True)

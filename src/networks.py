@@ -245,6 +245,9 @@ def _dcgan_generator(model: ModelParams, data: DataParams, classes: tuple[str, .
     for filters in p.g_filters[1:]:
         x = upsample(x, filters, p.upsample, use_bias=False)
         x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
+        for _ in range(p.g_block_convs):  # more depth at this resolution, same width
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
     x = upsample(x, data.channels, p.upsample if p.upsample_image == "same" else p.upsample_image, dtype="float32")
     image = layers.Activation(output_activation(data), dtype="float32")(x)
     return keras.Model(z, image, name="generator")
