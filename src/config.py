@@ -125,6 +125,7 @@ class DCGANParams:
     minibatch_std: bool = False
     d_residual: bool = False
     g_block_convs: int = _spec(0, check=between(0, 4))
+    attention: int = _spec(0, check=at_least(0))
 
 
 @dataclass(frozen=True)

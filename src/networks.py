@@ -13,7 +13,9 @@ Both families follow the original scripts, with their sizes taken from ``params.
   as one more feature map, Karras et al. 2018: a collapsed generator is easy to spot) and
   ``d_residual`` (each D block's output plus a shortcut, its input 2x average-pooled
   through a 1x1 convolution, summed with weight 1/sqrt(2) as in StyleGAN2's residual D;
-  the shortcut costs a sixteenth of the block's 4x4 convolution).
+  the shortcut costs a sixteenth of the block's 4x4 convolution), ``g_block_convs`` (3x3
+  convolutions after each inner generator upsampling: more depth at the same width) and
+  ``attention`` (SAGAN's self-attention in both networks at that feature-map side).
 
 :data:`NETWORKS` registers the families by the name ``model.arch`` gives: a new family is
 two builders and one entry there (and its section of settings in ``model``).
@@ -222,7 +224,40 @@ class MinibatchStdDev(layers.Layer):
         return ops.concatenate([x, ops.cast(feature, x.dtype)], axis=-1)
 
 
+@keras.saving.register_keras_serializable(package="gan")
+class SelfAttention(layers.Layer):
+    """SAGAN's self-attention block (Zhang et al. 2019): every position of a feature map
+    reads every other, ``x + gamma * attend(x)``, with query and key at 1/8 of the channels,
+    value at 1/2 and ``gamma`` starting at 0 (the block starts as the identity). The
+    attention weights are computed in float32 under mixed precision."""
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        inner, value = max(1, channels // 8), max(1, channels // 2)
+        init = keras.initializers.GlorotUniform()
+        self.query = self.add_weight(shape=(channels, inner), initializer=init, name="query")
+        self.key = self.add_weight(shape=(channels, inner), initializer=init, name="key")
+        self.value = self.add_weight(shape=(channels, value), initializer=init, name="value")
+        self.out = self.add_weight(shape=(value, channels), initializer=init, name="out")
+        self.gamma = self.add_weight(shape=(), initializer="zeros", name="gamma")
+
+    def call(self, x):
+        _, height, width, channels = x.shape
+        flat = ops.reshape(x, (-1, height * width, channels))
+        q, k, v = (ops.matmul(flat, w) for w in (self.query, self.key, self.value))
+        logits = ops.matmul(ops.cast(q, "float32"), ops.transpose(ops.cast(k, "float32"), (0, 2, 1)))
+        weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
+        attended = ops.matmul(ops.matmul(weights, v), self.out)
+        return x + ops.cast(self.gamma, x.dtype) * ops.reshape(attended, (-1, height, width, channels))
+
+
 # ---------------------------------------------------------------------------- dcgan
+def _check_attention(side: int, sides: list[int], network: str) -> None:
+    if side and side not in sides:
+        raise UserError(f"model.dcgan.attention: {side} is not a feature-map side of the {network} "
+                        f"(its blocks give {', '.join(str(s) for s in sides)}; 0 = no attention)")
+
+
 def _dcgan_generator(model: ModelParams, data: DataParams, classes: tuple[str, ...] = ()) -> keras.Model:
     p = model.dcgan
     start = data.image_size // 2 ** len(p.g_filters)
@@ -242,12 +277,17 @@ def _dcgan_generator(model: ModelParams, data: DataParams, classes: tuple[str, .
         x = layers.UpSampling2D(2, interpolation=how)(x)
         return layers.Conv2D(filters, 3, padding="same", **kwargs)(x)
 
+    sides = []
     for filters in p.g_filters[1:]:
         x = upsample(x, filters, p.upsample, use_bias=False)
         x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
         for _ in range(p.g_block_convs):  # more depth at this resolution, same width
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
             x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
+        sides.append(x.shape[1])
+        if x.shape[1] == p.attention:
+            x = SelfAttention()(x)
+    _check_attention(p.attention, sides, "generator")
     x = upsample(x, data.channels, p.upsample if p.upsample_image == "same" else p.upsample_image, dtype="float32")
     image = layers.Activation(output_activation(data), dtype="float32")(x)
     return keras.Model(z, image, name="generator")
@@ -257,7 +297,7 @@ def _dcgan_discriminator(model: ModelParams, data: DataParams, num_classes: int 
     p = model.dcgan
     image = keras.Input((data.image_size, data.image_size, data.channels), name="image")
     conv, dense = (SNConv2D, SNDense) if p.spectral_norm else (layers.Conv2D, layers.Dense)
-    x = image
+    x, sides = image, []
     for i, filters in enumerate(p.d_filters):
         if p.minibatch_std and i == len(p.d_filters) - 1:
             x = MinibatchStdDev()(x)
@@ -268,8 +308,12 @@ def _dcgan_discriminator(model: ModelParams, data: DataParams, num_classes: int 
             shortcut = layers.AveragePooling2D(2, padding="same")(block_input)
             shortcut = conv(filters, 1, use_bias=False)(shortcut)
             x = layers.Rescaling(float(np.sqrt(0.5)))(layers.Add()([x, shortcut]))
+        sides.append(x.shape[1])
+        if x.shape[1] == p.attention:
+            x = SelfAttention()(x)
         if p.dropout > 0:
             x = layers.Dropout(p.dropout)(x)
+    _check_attention(p.attention, sides, "discriminator")
     x = layers.Flatten()(x)
     return _logit_head(image, x, num_classes, dense, p.spectral_norm)
 

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_params
-from src.networks import SNConv2D, SNDense, _spectral_normalized, build_discriminator, build_generator
+from src.errors import UserError
+from src.networks import (SelfAttention, SNConv2D, SNDense, _spectral_normalized, build_discriminator,
+                          build_generator)
 
 SIZES = [  # (image_size, channels, g_filters, d_filters)
     (28, 1, [16, 8], [8, 16]),
@@ -67,6 +69,52 @@ def test_resize_upsampling_and_discriminator_options(upsample, size, channels, g
 def test_transposed_upsampling_is_the_default():
     generator = build_generator(*_sections(tiny_params()))
     assert sum(isinstance(layer, keras.layers.Conv2DTranspose) for layer in generator.layers) == 2
+
+
+@pytest.mark.parametrize("block_convs", [0, 2])
+def test_generator_block_convs_add_depth_at_each_inner_resolution(block_convs):
+    """``g_block_convs`` 3x3 convolutions after each inner upsampling, at that block's width
+    and resolution; the image layer and the output shape stay as they were."""
+    params = tiny_params(model={"dcgan": {"g_block_convs": block_convs}})
+    generator = build_generator(*_sections(params))
+    extra = [layer for layer in generator.layers
+             if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.Conv2DTranspose)]
+    inner = params.model.dcgan.g_filters[1:]
+    assert [layer.filters for layer in extra] == [f for f in inner for _ in range(block_convs)]
+    assert all(layer.kernel_size == (3, 3) for layer in extra)
+    z = np.random.default_rng(0).standard_normal((2, params.model.latent_dim)).astype(np.float32)
+    assert np.asarray(generator(z, training=False)).shape == (2, params.data.image_size, params.data.image_size,
+                                                              params.data.channels)
+
+
+def test_self_attention_starts_as_the_identity_and_then_mixes_positions():
+    """gamma 0 (its start): the block returns its input. gamma 1: changing one position of the
+    input changes the output at every position (each reads every other)."""
+    keras.utils.set_random_seed(0)
+    block = SelfAttention()
+    x = np.random.default_rng(3).normal(size=(2, 4, 4, 16)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(block(x)), x)
+    block.gamma.assign(1.0)
+    y = np.asarray(block(x))
+    x2 = x.copy()
+    x2[:, 0, 0] += 1.0
+    moved = np.abs(np.asarray(block(x2)) - x2 - (y - x)).max(axis=-1)  # the attended part alone
+    assert (moved > 1e-6).all()
+
+
+@pytest.mark.parametrize("side", [2, 4])
+def test_attention_goes_where_the_side_is_and_a_wrong_side_is_one_line(side):
+    """Tiny networks: generator blocks give side 4, discriminator blocks 4 and 2."""
+    params = tiny_params(model={"dcgan": {"attention": 4, "dropout": 0.0}})
+    for network in (build_generator(*_sections(params)), build_discriminator(*_sections(params))):
+        assert sum(isinstance(layer, SelfAttention) for layer in network.layers) == 1
+    params = tiny_params(model={"dcgan": {"attention": side}})
+    if side == 2:  # the generator has no 2x2 block
+        with pytest.raises(UserError, match=r"model\.dcgan\.attention: 2 .* generator"):
+            build_generator(*_sections(params))
+    assert sum(isinstance(layer, SelfAttention) for layer in build_discriminator(*_sections(params)).layers) == 1
+    with pytest.raises(UserError, match=r"model\.dcgan\.attention: 3 "):
+        build_discriminator(*_sections(tiny_params(model={"dcgan": {"attention": 3}})))
 
 
 @pytest.mark.parametrize("inner, image", [("transpose", "bilinear"), ("nearest", "transpose")])

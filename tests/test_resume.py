@@ -72,11 +72,12 @@ def test_raising_epochs_continues_a_finished_run_to_the_same_weights(project, tm
 @pytest.mark.parametrize("variant", [
     {"model": {"arch": "mlp"}, "train": {"jit_compile": True, "steps_per_call": 2, "steps_per_epoch": 5}},
     # The small-folder options: adaptive augmentation (its probability is checkpointed state),
-    # spectral norm (its power-iteration vectors too), resize upsampling, minibatch std, a residual
+    # spectral norm (its power-iteration vectors too), resize upsampling with deeper generator
+    # blocks (their BatchNorm statistics), self-attention, minibatch std, a residual
     # D with FastGAN's decoder (its weights and their Adam moments are checkpointed), lazy R1,
     # LeCam (its moving averages are checkpointed), and the mirror and the learning-rate ramp-down (functions of the step: no state of their own).
     {"model": {"dcgan": {"spectral_norm": True, "upsample": "bilinear", "minibatch_std": True, "dropout": 0.0,
-                         "d_residual": True}},
+                         "d_residual": True, "g_block_convs": 1, "attention": 4}},
      "train": {"augment": {"policy": ["color", "translation", "cutout"], "probability": 0.3, "adaptive": True,
                            "speed_kimg": 0.05}, "reconstruction": 1.0, "r1_gamma": 1.0, "r1_every": 2,
                "lecam": 0.3, "mirror": True, "lr_rampdown": 1.0}},
