@@ -229,7 +229,8 @@ class SelfAttention(layers.Layer):
     """SAGAN's self-attention block (Zhang et al. 2019): every position of a feature map
     reads every other, ``x + gamma * attend(x)``, with query and key at 1/8 of the channels,
     value at 1/2 and ``gamma`` starting at 0 (the block starts as the identity). The
-    attention weights are computed in float32 under mixed precision."""
+    attention weights are computed in float32 under mixed precision. ``spectral_norm``
+    does not reach these weights (it covers D's convolutions and dense layer)."""
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
