@@ -320,6 +320,22 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
+def dcgan_sides(image_size: int, dcgan: DCGANParams) -> tuple[list[int], list[int]]:
+    """Feature-map sides after each inner generator block (the last upsampling makes the image)
+    and after each discriminator block (stride 2, padding same): where attention can go."""
+    start = image_size // 2 ** len(dcgan.g_filters)
+    generator = [start * 2 ** k for k in range(1, len(dcgan.g_filters))]
+    discriminator, side = [], image_size
+    for _ in dcgan.d_filters:
+        side = -(-side // 2)
+        discriminator.append(side)
+    return generator, discriminator
+
+
+def _listed(sides: list[int]) -> str:
+    return ", ".join(map(str, sides)) or "none"
+
+
 def _cross_checks(p: Params) -> None:
     """Rules that involve more than one key."""
     d, m = p.data, p.model
@@ -341,6 +357,11 @@ def _cross_checks(p: Params) -> None:
         if d.image_size % (2 ** blocks):
             raise UserError(f"params key 'data.image_size' must be a multiple of {2 ** blocks} for model.dcgan.g_filters "
                             f"with {blocks} upsampling blocks; got {d.image_size}")
+        g_sides, d_sides = dcgan_sides(d.image_size, m.dcgan)
+        if m.dcgan.attention and not (m.dcgan.attention in g_sides and m.dcgan.attention in d_sides):
+            raise UserError(f"params key 'model.dcgan.attention' must be 0 or a feature-map side both networks have "
+                            f"(generator blocks: {_listed(g_sides)}; discriminator blocks: {_listed(d_sides)}); "
+                            f"got {m.dcgan.attention}")
     if p.train.reconstruction > 0 and m.arch != "dcgan":
         raise UserError("params key 'train.reconstruction' must be 0 for model.arch mlp (the decoder reads the "
                         f"convolutional discriminator's feature maps); got {p.train.reconstruction}")

@@ -228,37 +228,60 @@ class MinibatchStdDev(layers.Layer):
 class SelfAttention(layers.Layer):
     """SAGAN's self-attention block (Zhang et al. 2019): every position of a feature map
     reads every other, ``x + gamma * attend(x)``, with query and key at 1/8 of the channels,
-    value at 1/2 and ``gamma`` starting at 0 (the block starts as the identity). The
-    attention weights are computed in float32 under mixed precision. ``spectral_norm``
-    does not reach these weights (it covers D's convolutions and dense layer)."""
+    value at 1/2 and ``gamma`` starting at 0 (the block starts as the identity). Under mixed
+    precision the attention logits and their softmax are float32. With ``spectral_norm`` (the
+    discriminator's ``model.dcgan.spectral_norm``) each of the four matrices is spectrally
+    normalized, as in SAGAN."""
+
+    MATRICES = ("query", "key", "value", "out")
+
+    def __init__(self, spectral_norm: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.spectral_norm = spectral_norm
+
+    def get_config(self):
+        return {**super().get_config(), "spectral_norm": self.spectral_norm}
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
         inner, value = max(1, channels // 8), max(1, channels // 2)
+        shapes = {"query": (channels, inner), "key": (channels, inner), "value": (channels, value),
+                  "out": (value, channels)}
         init = keras.initializers.GlorotUniform()
-        self.query = self.add_weight(shape=(channels, inner), initializer=init, name="query")
-        self.key = self.add_weight(shape=(channels, inner), initializer=init, name="key")
-        self.value = self.add_weight(shape=(channels, value), initializer=init, name="value")
-        self.out = self.add_weight(shape=(value, channels), initializer=init, name="out")
+        for name in self.MATRICES:
+            setattr(self, name, self.add_weight(shape=shapes[name], initializer=init, name=name))
         self.gamma = self.add_weight(shape=(), initializer="zeros", name="gamma")
+        if self.spectral_norm:
+            for name in self.MATRICES:
+                setattr(self, f"{name}_sn_u", self.add_weight(
+                    shape=(1, shapes[name][1]), initializer="random_normal", trainable=False,
+                    name=f"{name}_sn_u", aggregation="only_first_replica"))
 
-    def call(self, x):
+    def matrices(self, training=None):
+        """The four matrices as the block uses them (spectrally normalized when asked)."""
+        if not self.spectral_norm:
+            return [getattr(self, name) for name in self.MATRICES]
+        return [_spectral_normalized(getattr(self, name), getattr(self, f"{name}_sn_u"), training)
+                for name in self.MATRICES]
+
+    def call(self, x, training=None):
         _, height, width, channels = x.shape
+        query, key, value, out = (ops.cast(w, x.dtype) for w in self.matrices(training))
         flat = ops.reshape(x, (-1, height * width, channels))
-        q, k, v = (ops.matmul(flat, w) for w in (self.query, self.key, self.value))
+        q, k, v = (ops.matmul(flat, w) for w in (query, key, value))
         logits = ops.matmul(ops.cast(q, "float32"), ops.transpose(ops.cast(k, "float32"), (0, 2, 1)))
         weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-        attended = ops.matmul(ops.matmul(weights, v), self.out)
+        attended = ops.matmul(ops.matmul(weights, v), out)
         return x + ops.cast(self.gamma, x.dtype) * ops.reshape(attended, (-1, height, width, channels))
 
 
+def _attend_at(x, side: int, spectral_norm: bool = False):
+    """``x`` through a :class:`SelfAttention` block when its feature maps are ``side`` wide
+    (``model.dcgan.attention``; config checks that both networks have that side)."""
+    return SelfAttention(spectral_norm)(x) if x.shape[1] == side else x
+
+
 # ---------------------------------------------------------------------------- dcgan
-def _check_attention(side: int, sides: list[int], network: str) -> None:
-    if side and side not in sides:
-        raise UserError(f"model.dcgan.attention: {side} is not a feature-map side of the {network} "
-                        f"(its blocks give {', '.join(str(s) for s in sides)}; 0 = no attention)")
-
-
 def _dcgan_generator(model: ModelParams, data: DataParams, classes: tuple[str, ...] = ()) -> keras.Model:
     p = model.dcgan
     start = data.image_size // 2 ** len(p.g_filters)
@@ -268,27 +291,23 @@ def _dcgan_generator(model: ModelParams, data: DataParams, classes: tuple[str, .
             return layers.ReLU()(x)
         return layers.LeakyReLU(negative_slope=p.leaky_slope)(x)
 
-    z, x = _conditioned_latent(model, classes)
-    x = layers.Dense(start * start * p.g_filters[0], use_bias=False)(x)
-    x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
-    x = layers.Reshape((start, start, p.g_filters[0]))(x)
+    def bn_act(x):
+        return activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
+
     def upsample(x, filters, how, **kwargs):
         if how == "transpose":
             return layers.Conv2DTranspose(filters, p.kernel_size, strides=2, padding="same", **kwargs)(x)
         x = layers.UpSampling2D(2, interpolation=how)(x)
         return layers.Conv2D(filters, 3, padding="same", **kwargs)(x)
 
-    sides = []
+    z, x = _conditioned_latent(model, classes)
+    x = bn_act(layers.Dense(start * start * p.g_filters[0], use_bias=False)(x))
+    x = layers.Reshape((start, start, p.g_filters[0]))(x)
     for filters in p.g_filters[1:]:
-        x = upsample(x, filters, p.upsample, use_bias=False)
-        x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
+        x = bn_act(upsample(x, filters, p.upsample, use_bias=False))
         for _ in range(p.g_block_convs):  # more depth at this resolution, same width
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-            x = activation(layers.BatchNormalization(momentum=p.bn_momentum)(x))
-        sides.append(x.shape[1])
-        if x.shape[1] == p.attention:
-            x = SelfAttention()(x)
-    _check_attention(p.attention, sides, "generator")
+            x = bn_act(layers.Conv2D(filters, 3, padding="same", use_bias=False)(x))
+        x = _attend_at(x, p.attention)
     x = upsample(x, data.channels, p.upsample if p.upsample_image == "same" else p.upsample_image, dtype="float32")
     image = layers.Activation(output_activation(data), dtype="float32")(x)
     return keras.Model(z, image, name="generator")
@@ -298,7 +317,7 @@ def _dcgan_discriminator(model: ModelParams, data: DataParams, num_classes: int 
     p = model.dcgan
     image = keras.Input((data.image_size, data.image_size, data.channels), name="image")
     conv, dense = (SNConv2D, SNDense) if p.spectral_norm else (layers.Conv2D, layers.Dense)
-    x, sides = image, []
+    x = image
     for i, filters in enumerate(p.d_filters):
         if p.minibatch_std and i == len(p.d_filters) - 1:
             x = MinibatchStdDev()(x)
@@ -309,12 +328,9 @@ def _dcgan_discriminator(model: ModelParams, data: DataParams, num_classes: int 
             shortcut = layers.AveragePooling2D(2, padding="same")(block_input)
             shortcut = conv(filters, 1, use_bias=False)(shortcut)
             x = layers.Rescaling(float(np.sqrt(0.5)))(layers.Add()([x, shortcut]))
-        sides.append(x.shape[1])
-        if x.shape[1] == p.attention:
-            x = SelfAttention()(x)
+        x = _attend_at(x, p.attention, p.spectral_norm)
         if p.dropout > 0:
             x = layers.Dropout(p.dropout)(x)
-    _check_attention(p.attention, sides, "discriminator")
     x = layers.Flatten()(x)
     return _logit_head(image, x, num_classes, dense, p.spectral_norm)
 

@@ -2,11 +2,14 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import tiny_params
+from src.config import dcgan_sides
 from src.errors import UserError
+from src.keras_file import save_model
 from src.networks import (SelfAttention, SNConv2D, SNDense, _spectral_normalized, build_discriminator,
-                          build_generator)
+                          build_generator, load_generator)
 
 SIZES = [  # (image_size, channels, g_filters, d_filters)
     (28, 1, [16, 8], [8, 16]),
@@ -88,8 +91,9 @@ def test_generator_block_convs_add_depth_at_each_inner_resolution(block_convs):
 
 
 def test_self_attention_starts_as_the_identity_and_then_mixes_positions():
-    """gamma 0 (its start): the block returns its input. gamma 1: changing one position of the
-    input changes the output at every position (each reads every other)."""
+    """gamma 0 (its start): the block returns its input. gamma 1: changing one position of one
+    image changes that image's output at every position (each reads every other) and leaves
+    the other image of the batch as it was."""
     keras.utils.set_random_seed(0)
     block = SelfAttention()
     x = np.random.default_rng(3).normal(size=(2, 4, 4, 16)).astype(np.float32)
@@ -97,24 +101,94 @@ def test_self_attention_starts_as_the_identity_and_then_mixes_positions():
     block.gamma.assign(1.0)
     y = np.asarray(block(x))
     x2 = x.copy()
-    x2[:, 0, 0] += 1.0
-    moved = np.abs(np.asarray(block(x2)) - x2 - (y - x)).max(axis=-1)  # the attended part alone
+    x2[0, 0, 0] += 1.0
+    y2 = np.asarray(block(x2))
+    moved = np.abs(y2[0] - x2[0] - (y[0] - x[0])).max(axis=-1)  # the attended part alone
     assert (moved > 1e-6).all()
+    np.testing.assert_array_equal(y2[1], y[1])
 
 
-@pytest.mark.parametrize("side", [2, 4])
-def test_attention_goes_where_the_side_is_and_a_wrong_side_is_one_line(side):
-    """Tiny networks: generator blocks give side 4, discriminator blocks 4 and 2."""
-    params = tiny_params(model={"dcgan": {"attention": 4, "dropout": 0.0}})
-    for network in (build_generator(*_sections(params)), build_discriminator(*_sections(params))):
-        assert sum(isinstance(layer, SelfAttention) for layer in network.layers) == 1
-    params = tiny_params(model={"dcgan": {"attention": side}})
-    if side == 2:  # the generator has no 2x2 block
-        with pytest.raises(UserError, match=r"model\.dcgan\.attention: 2 .* generator"):
-            build_generator(*_sections(params))
-    assert sum(isinstance(layer, SelfAttention) for layer in build_discriminator(*_sections(params)).layers) == 1
-    with pytest.raises(UserError, match=r"model\.dcgan\.attention: 3 "):
-        build_discriminator(*_sections(tiny_params(model={"dcgan": {"attention": 3}})))
+@pytest.mark.parametrize("size, g_filters, d_filters", [(8, [16, 8], [8, 16]), (32, [32, 16, 8], [8, 16, 32]),
+                                                       (28, [16, 8], [8, 16, 32])])
+def test_attention_goes_at_its_side_in_both_networks_and_config_knows_the_sides(size, g_filters, d_filters):
+    """Every side config offers for both networks (``dcgan_sides``) builds one attention block
+    in each network, reading feature maps of exactly that side; any other value is one line
+    naming the key, before a network is built."""
+    def params_for(side):
+        return tiny_params(data={"image_size": size},
+                           model={"dcgan": {"g_filters": g_filters, "d_filters": d_filters, "attention": side}})
+    g_sides, d_sides = dcgan_sides(size, params_for(0).model.dcgan)
+    both = sorted(set(g_sides) & set(d_sides))
+    assert both  # each case has a side in common
+    for side in both:
+        for network in (build_generator(*_sections(params_for(side))), build_discriminator(*_sections(params_for(side)))):
+            blocks = [layer for layer in network.layers if isinstance(layer, SelfAttention)]
+            assert [block.input.shape[1] for block in blocks] == [side]
+    for side in sorted(set(g_sides) ^ set(d_sides)) + [3, size]:
+        with pytest.raises(UserError, match=rf"^params key 'model\.dcgan\.attention' must be 0 or a feature-map side "
+                                            rf".*; got {side}$"):
+            params_for(side)
+
+
+def test_self_attention_in_the_discriminator_is_spectrally_normalized_with_spectral_norm():
+    """``spectral_norm`` reaches D's attention: each matrix is divided by its largest singular
+    value (estimated by the power iteration, which converges over training calls), and the
+    block computes with those matrices; the generator's attention stays plain."""
+    params = tiny_params(model={"dcgan": {"attention": 4, "spectral_norm": True}})
+    discriminator = build_discriminator(*_sections(params))
+    (block,) = [layer for layer in discriminator.layers if isinstance(layer, SelfAttention)]
+    (g_block,) = [layer for layer in build_generator(*_sections(params)).layers if isinstance(layer, SelfAttention)]
+    assert block.spectral_norm and not g_block.spectral_norm and len(block.non_trainable_weights) == 4
+    block.gamma.assign(1.0)
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, int(block.query.shape[0]))).astype(np.float32)
+    for _ in range(60):
+        block(x, training=True)
+    normalized = [np.asarray(w) for w in block.matrices(training=False)]
+    for w in normalized:
+        assert np.linalg.svd(w, compute_uv=False)[0] == pytest.approx(1.0, abs=1e-3)
+    plain = SelfAttention()
+    plain(x)
+    for name, w in zip(SelfAttention.MATRICES, normalized):
+        getattr(plain, name).assign(w)
+    plain.gamma.assign(1.0)
+    np.testing.assert_allclose(np.asarray(block(x, training=False)), np.asarray(plain(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_a_generator_with_attention_saves_and_loads_as_keras_file(tmp_path):
+    """The exported ``.keras`` generator with a SelfAttention block (gamma moved off 0, so the
+    block matters) loads back through ``load_generator`` and draws the same images."""
+    params = tiny_params(model={"dcgan": {"attention": 4}})
+    generator = build_generator(*_sections(params))
+    (block,) = [layer for layer in generator.layers if isinstance(layer, SelfAttention)]
+    block.gamma.assign(0.7)
+    save_model(generator, tmp_path / "generator.keras")
+    loaded = load_generator(params, tmp_path / "generator.keras")
+    z = np.random.default_rng(1).standard_normal((3, params.model.latent_dim)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(loaded(z, training=False)), np.asarray(generator(z, training=False)))
+
+
+def test_self_attention_under_mixed_bfloat16_computes_in_bfloat16_close_to_float32():
+    """Under mixed_bfloat16 the block's output is bfloat16, within bfloat16's rounding of the
+    float32 block with the same weights, and its gradients are finite."""
+    x = np.random.default_rng(2).normal(size=(2, 4, 4, 16)).astype(np.float32)
+    full = SelfAttention()
+    full(x)
+    full.gamma.assign(1.0)
+    expected = np.asarray(full(x))
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        half = SelfAttention()
+        half(x)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    half.set_weights(full.get_weights())
+    with tf.GradientTape() as tape:
+        y = half(x)
+        loss = tf.reduce_sum(tf.cast(y, "float32") ** 2)
+    assert y.dtype == tf.bfloat16
+    grads = tape.gradient(loss, half.trainable_weights)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    np.testing.assert_allclose(np.asarray(tf.cast(y, "float32")), expected, rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("inner, image", [("transpose", "bilinear"), ("nearest", "transpose")])
