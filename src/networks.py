@@ -84,8 +84,7 @@ class Projection(layers.Layer):
         self.embeddings = self.add_weight(shape=(self.num_classes, features), initializer="glorot_uniform",
                                           name="embeddings")
         if self.spectral_norm:
-            self.sn_u = self.add_weight(shape=(1, features), initializer="random_normal", trainable=False,
-                                        name="sn_u", aggregation="only_first_replica")
+            self.sn_u = _power_vector(self, features)
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "spectral_norm": self.spectral_norm}
@@ -181,6 +180,13 @@ def _spectral_normalized(kernel, u, training):
     return ops.cast(kernel / sigma, kernel.dtype)
 
 
+def _power_vector(layer: layers.Layer, outputs: int, name: str = "sn_u"):
+    """The persistent (1, ``outputs``) vector of :func:`_spectral_normalized`'s power iteration,
+    a non-trainable weight of ``layer`` (one copy across replicas)."""
+    return layer.add_weight(shape=(1, outputs), initializer="random_normal", trainable=False, name=name,
+                            aggregation="only_first_replica")
+
+
 def _l2_normalize(x):
     return x / ops.sqrt(ops.sum(ops.square(x)) + 1e-12)
 
@@ -191,8 +197,7 @@ class _SpectralNorm:
     def build(self, input_shape):
         super().build(input_shape)
         outputs = self.kernel.shape[-1]
-        self.sn_u = self.add_weight(shape=(1, outputs), initializer="random_normal", trainable=False,
-                                    name="sn_u", aggregation="only_first_replica")
+        self.sn_u = _power_vector(self, outputs)
 
     def _normalized_kernel(self, training):
         return _spectral_normalized(self.kernel, self.sn_u, training)
@@ -253,9 +258,7 @@ class SelfAttention(layers.Layer):
         self.gamma = self.add_weight(shape=(), initializer="zeros", name="gamma")
         if self.spectral_norm:
             for name in self.MATRICES:
-                setattr(self, f"{name}_sn_u", self.add_weight(
-                    shape=(1, shapes[name][1]), initializer="random_normal", trainable=False,
-                    name=f"{name}_sn_u", aggregation="only_first_replica"))
+                setattr(self, f"{name}_sn_u", _power_vector(self, shapes[name][1], f"{name}_sn_u"))
 
     def matrices(self, training=None):
         """The four matrices as the block uses them (spectrally normalized when asked)."""
