@@ -10,6 +10,11 @@ and divides the FLOPs per image into a GPU's sustained FLOP/s (``--gpu-tflops`` 
 ``--utilization``) for the estimate.
 
     python benchmarks/bench_flops.py --preset folder-128 [--preset folder-fast] [--seconds 30]
+        [--set model.features.backbone=mobilenet_v2_035 --set model.features.weights=FILE]
+
+With ``model.features`` set the frozen pretrained network's multiply-adds (depthwise ones
+included) count as D's, at the same 6 passes: a slight overcount, since its weights get no
+gradient.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
 from src.config import parse_params  # noqa: E402
 from src.presets import preset_params  # noqa: E402
@@ -34,7 +40,12 @@ def forward_macs(model) -> int:
     import keras
     total = 0
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Dense):
+        if hasattr(layer, "layers"):  # a network inside (model.features' pretrained one)
+            total += forward_macs(layer)
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, h, w, _ = layer.output.shape
+            total += h * w * int(np.prod(layer.kernel.shape))
+        elif isinstance(layer, keras.layers.Dense):
             total += int(np.prod(layer.kernel.shape))
         elif isinstance(layer, keras.layers.Conv2DTranspose):  # MACs counted at the input resolution
             _, h, w, _ = layer.input.shape
@@ -71,6 +82,8 @@ def main() -> None:
                              "cores, which TensorFlow uses by default; a conservative floor)")
     parser.add_argument("--utilization", type=float, default=0.3,
                         help="share of that peak small-batch GAN convolutions sustain (default 0.3)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params key over the preset's, e.g. model.features.backbone=mobilenet_v2_035 (repeatable)")
     args = parser.parse_args()
     from src.networks import build_discriminator, build_generator
     print("| preset | G MMAC/img | D MMAC/img | GFLOP per training image | CPU img/s here | CPU GFLOP/s "
@@ -79,13 +92,21 @@ def main() -> None:
     for name in args.preset or ["folder-128"]:
         raw = preset_params(name, REPO / "params.yaml")
         raw["data"]["folder"] = str(REPO)  # the networks need no images; any existing folder validates
+        for item in args.set:
+            key, _, value = item.partition("=")
+            *parents, last = key.split(".")
+            section = raw
+            for part in parents:
+                section = section.setdefault(part, {})
+            section[last] = yaml.safe_load(value)
         params = parse_params(raw)
         g = forward_macs(build_generator(params.model, params.data))
         d = forward_macs(build_discriminator(params.model, params.data))
         flops = 2 * (3 * g + 6 * d)
         cpu = measure(params, args.seconds) if args.seconds > 0 else float("nan")
         gpu = args.gpu_tflops * 1e12 * args.utilization / flops
-        print(f"| {name} | {g / 1e6:.0f} | {d / 1e6:.0f} | {flops / 1e9:.2f} | {cpu:.1f} | "
+        label = " ".join([name, *args.set])
+        print(f"| {label} | {g / 1e6:.0f} | {d / 1e6:.0f} | {flops / 1e9:.2f} | {cpu:.1f} | "
               f"{cpu * flops / 1e9:.0f} | {gpu:.0f} | {1432 / gpu:.1f} |", flush=True)
 
 

@@ -79,6 +79,7 @@ class CommonParams:
 LOSS_NAMES = ("nsgan", "hinge", "wgan-gp")
 ARCHS = ("dcgan", "mlp")
 AUGMENT_POLICIES = ("color", "translation", "cutout")
+FEATURE_BACKBONES = ("mobilenet_v2", "mobilenet_v2_035", "efficientnet_b0")  # src/features.py BACKBONES
 
 
 @dataclass(frozen=True)
@@ -129,12 +130,22 @@ class DCGANParams:
 
 
 @dataclass(frozen=True)
+class FeaturesParams:
+    backbone: str = _spec("none", choices=("none",) + FEATURE_BACKBONES)
+    weights: str = ""  # "" = the Keras download of the ImageNet weights; else a local no-top weights file
+    input_size: int = _spec(64, check=between(32, 1024))
+    channels: int = _spec(64, check=at_least(1))
+    spectral_norm: bool = True
+
+
+@dataclass(frozen=True)
 class ModelParams:
     arch: str = _spec("dcgan", choices=ARCHS)
     latent_dim: int = _spec(100, check=at_least(1))
     class_embedding: int = _spec(50, check=at_least(1))
     mlp: MLPParams = field(default_factory=MLPParams)
     dcgan: DCGANParams = field(default_factory=DCGANParams)
+    features: FeaturesParams = field(default_factory=FeaturesParams)
 
 
 @dataclass(frozen=True)

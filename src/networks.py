@@ -367,8 +367,14 @@ def build_generator(model: ModelParams, data: DataParams, classes=()) -> keras.M
 
 def build_discriminator(model: ModelParams, data: DataParams, num_classes: int = 0) -> keras.Model:
     """images (B, size, size, channels) -> logits (B, 1), float32; with ``num_classes``
-    ``[images, label (B,) int32]`` -> logits."""
-    return NETWORKS[model.arch].discriminator(model, data, num_classes)
+    ``[images, label (B,) int32]`` -> logits. With ``model.features.backbone`` set, the heads
+    on a frozen pretrained network join in (:mod:`src.features`): logits (B, 4)."""
+    discriminator = NETWORKS[model.arch].discriminator(model, data, num_classes)
+    if model.features.backbone == "none":
+        return discriminator
+    from src.features import with_feature_heads  # it imports this module's spectral-norm layers
+    slope = model.dcgan.leaky_slope if model.arch == "dcgan" else model.mlp.leaky_slope
+    return with_feature_heads(discriminator, model.features, data, slope)
 
 
 def build_reconstructor(discriminator: keras.Model, model: ModelParams, data: DataParams) -> keras.Model:
@@ -381,7 +387,8 @@ def build_reconstructor(discriminator: keras.Model, model: ModelParams, data: Da
     Returns a model with D's inputs and outputs ``[logits, reconstruction]`` that shares
     D's layers: D alone (the fake images, the penalties) skips the decoder's cost.
     """
-    flatten = next((layer for layer in discriminator.layers if isinstance(layer, layers.Flatten)), None)
+    flatten = next((layer for layer in discriminator.layers if isinstance(layer, layers.Flatten)
+                    and not layer.name.startswith("features_")), None)  # not a pretrained network's head
     if flatten is None or len(flatten.input.shape) != 4:
         raise UserError("params key 'train.reconstruction' needs a convolutional discriminator (model.arch dcgan)")
     x = flatten.input

@@ -29,6 +29,10 @@ def network_variables(model, name: str) -> dict[str, Any]:
         rank = seen.get(base, 0)
         seen[base] = rank + 1
         layer_key = base if rank == 0 else f"{base}_{rank}"
+        if hasattr(layer, "layers"):  # a network inside the network (a frozen pretrained one): its own keys
+            for key, var in network_variables(layer, f"{name}/{layer_key}").items():
+                add_key(keyed, key, var)
+            continue
         for var in layer.variables:
             add_key(keyed, f"{name}/{layer_key}/{var.name}", var)
     if {id(v) for v in keyed.values()} != {id(v) for v in model.variables}:

@@ -72,6 +72,7 @@ def build_project(root: Path) -> Path:
     for item in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO / item, root / item)
     shutil.copytree(REPO / "data" / "rulers", root / "data" / "rulers")  # shipped, as a clone has them
+    shutil.copytree(REPO / "data" / "weights", root / "data" / "weights")  # a train dep, in git
     (root / ".dvc").mkdir()
     shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
     tiny_mnist(root / "data" / "raw" / "mnist")

@@ -164,6 +164,7 @@ def make_project(root: Path, site_cache: Path, raw_params: dict) -> Project:
     for name in ("dvc.yaml", "Makefile", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO / name, root / name)
     shutil.copytree(REPO / "data" / "rulers", root / "data" / "rulers")  # the shipped rulers, as a clone has them
+    shutil.copytree(REPO / "data" / "weights", root / "data" / "weights")  # a train dep, in git
     (root / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy2(REPO / ".dvc" / name, root / ".dvc" / name)

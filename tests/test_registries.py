@@ -6,7 +6,7 @@ depend on the losses or networks); these tests keep the two in step.
 """
 from __future__ import annotations
 
-from src import augment, config, losses, networks
+from src import augment, config, features, losses, networks
 from src.metrics import registry as metric_registry
 
 
@@ -16,6 +16,10 @@ def test_loss_names_are_the_loss_registry():
 
 def test_arch_names_are_the_network_registry():
     assert set(config.ARCHS) == set(networks.NETWORKS)
+
+
+def test_feature_backbones_are_the_backbone_registry():
+    assert set(config.FEATURE_BACKBONES) == set(features.BACKBONES)
 
 
 def test_augment_policies_are_the_augmentation_registry():
