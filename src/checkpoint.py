@@ -28,6 +28,7 @@ format (``g.000``, ``gopt.003``) is named as such.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from src.atomic import load_arrays, save_arrays
+from src.atomic import load_arrays, save_arrays, sha256_file
 from src.config import Params, to_dict
 from src.weights import add_key
 
@@ -148,6 +149,9 @@ def fingerprint(params: Params, manifest: dict) -> dict:
     shards = [s["sha256"] for s in manifest["shards"]]
     data = {k: v for k, v in to_dict(params.data).items() if k in ("image_size", "channels", "range")}
     model = to_dict(params.model)
+    weights_file = params.model.features.weights
+    if params.model.features.backbone != "none" and weights_file and os.path.isfile(weights_file):
+        model["features"]["weights_sha256"] = sha256_file(weights_file)  # another file at the same path: a fresh start
     classes = manifest.get("classes")
     if not classes:  # 0 classes: the fingerprint of a run from before labels existed
         model.pop("class_embedding")

@@ -16,7 +16,9 @@ at three depths (strides 4, 8 and 16) each feed a head (a 1x1 convolution to
 logit, spectrally normalized unless ``model.features.spectral_norm`` is false, as Projected
 GAN's). The discriminator then returns logits of shape (B, 4): its own and the three heads'.
 Every loss averages over all of them, so each head is a discriminator of its own with the
-same loss, as in both papers; the generator is differentiated through the frozen network.
+same loss, as in both papers; the generator is differentiated through the frozen network. The
+penalties (R1, WGAN-GP's) take the gradient of the mean logit; the train log's ``d_acc``, ADA's
+overfitting heuristic and LeCam's moving averages pool all four logits.
 
 Weights: Keras downloads the ImageNet weights once (into ``~/.keras/models``) when
 ``model.features.weights`` is "", or loads the local no-top weights file it names (keep it
@@ -28,6 +30,7 @@ one-line error naming the key, never a silent random network.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Callable, NamedTuple
@@ -44,11 +47,21 @@ HEAD_PREFIX = "features_"  # names of the heads' layers (build_reconstructor ski
 
 class Backbone(NamedTuple):
     """A no-top Keras application: ``build(input_shape, weights)``; what it expects of pixels
-    in [0, 1] (``x * scale + offset``); and the layers whose outputs the heads read."""
+    in [0, 1] (``x * scale + offset``, a number or one per channel); the layers whose outputs
+    the heads read; and (None: the same) the scale and offset when the weights come from a
+    local file rather than ``weights="imagenet"``, for an application that builds differently then."""
     build: Callable[[tuple[int, int, int], str], keras.Model]
-    scale: float
-    offset: float
+    scale: float | tuple[float, ...]
+    offset: float | tuple[float, ...]
     taps: tuple[str, ...]
+    file_scale: tuple[float, ...] | None = None
+    file_offset: tuple[float, ...] | None = None
+
+    def pixels(self, from_file: bool):
+        """``(scale, offset)`` for pixels in [0, 1]."""
+        if from_file and self.file_scale is not None:
+            return self.file_scale, self.file_offset
+        return self.scale, self.offset
 
 
 def _mobilenet_v2(alpha: float):
@@ -62,6 +75,17 @@ def _efficientnet_b0(shape, weights):
     return keras.applications.EfficientNetB0(input_shape=shape, include_top=False, weights=weights)
 
 
+# EfficientNet's ImageNet file holds the standard deviations where its Normalization layer
+# expects variances; with weights="imagenet" Keras appends a Rescaling by 1/sqrt(std) per
+# channel to make up for it, but not when the same file is loaded from a path. Mapping pixels
+# p in [0, 1] to 255 (k p + (1 - k) mean), k = 1/sqrt(std), gives the file the same features.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_K = tuple(1.0 / math.sqrt(s) for s in _IMAGENET_STD)
+_EFFICIENTNET_FILE_SCALE = tuple(255.0 * k for k in _K)
+_EFFICIENTNET_FILE_OFFSET = tuple(255.0 * (1.0 - k) * m for k, m in zip(_K, _IMAGENET_MEAN))
+
+
 # The last feature map at strides 4, 8 and 16 of each (the expansions before each stride-2 block).
 _MOBILENET_TAPS = ("block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
 
@@ -69,7 +93,8 @@ BACKBONES: dict[str, Backbone] = {
     "mobilenet_v2": Backbone(_mobilenet_v2(1.0), 2.0, -1.0, _MOBILENET_TAPS),
     "mobilenet_v2_035": Backbone(_mobilenet_v2(0.35), 2.0, -1.0, _MOBILENET_TAPS),
     "efficientnet_b0": Backbone(_efficientnet_b0, 255.0, 0.0,
-                                ("block3a_expand_activation", "block4a_expand_activation", "block6a_expand_activation")),
+                                ("block3a_expand_activation", "block4a_expand_activation", "block6a_expand_activation"),
+                                _EFFICIENTNET_FILE_SCALE, _EFFICIENTNET_FILE_OFFSET),
 }
 
 
@@ -105,6 +130,9 @@ def with_feature_heads(discriminator: keras.Model, features: FeaturesParams, dat
 
     spec = BACKBONES[features.backbone]
     backbone = load_backbone(features)
+    for layer in backbone.layers:  # an outer training=True call reaches them despite training=False below
+        if isinstance(layer, layers.Dropout):
+            layer.rate = 0.0
     taps = keras.Model(backbone.input, [backbone.get_layer(name).output for name in spec.taps],
                        name=f"{HEAD_PREFIX}backbone")
     taps.trainable = False
@@ -115,8 +143,9 @@ def with_feature_heads(discriminator: keras.Model, features: FeaturesParams, dat
         x = layers.Concatenate(name=f"{HEAD_PREFIX}rgb")([x, x, x])
     x = layers.Resizing(features.input_size, features.input_size, interpolation="bilinear",
                         name=f"{HEAD_PREFIX}resize")(x)
-    x = layers.Rescaling(spec.scale, offset=spec.offset, name=f"{HEAD_PREFIX}scale")(x)
-    maps = taps(x, training=False)  # frozen: BatchNorm in inference mode, no dropout
+    scale, offset = spec.pixels(from_file=bool(features.weights))
+    x = layers.Rescaling(scale, offset=offset, name=f"{HEAD_PREFIX}scale")(x)
+    maps = taps(x, training=False)  # frozen (trainable False): BatchNorm in inference mode
     conv, dense = (SNConv2D, SNDense) if features.spectral_norm else (layers.Conv2D, layers.Dense)
     logits = [discriminator.outputs[0]]
     for i, h in enumerate(maps):

@@ -98,7 +98,8 @@ def r1_penalty(discriminator, real: tf.Tensor) -> tf.Tensor:
     D saw (augmented, as in StyleGAN2-ADA)."""
     with tf.GradientTape() as tape:
         tape.watch(real)
-        total = tf.reduce_sum(tf.cast(discriminator(real, training=True), tf.float32))
+        # Per image, the mean over D's logits (one, or its own and model.features' heads).
+        total = tf.reduce_sum(tf.reduce_mean(tf.cast(discriminator(real, training=True), tf.float32), axis=-1))
     grads = tf.cast(tape.gradient(total, real), tf.float32)
     return tf.reduce_mean(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]))
 
@@ -229,7 +230,7 @@ def gradient_penalty(discriminator, real: tf.Tensor, fake: tf.Tensor, seed: tf.T
     mixed = real + alpha * (fake - real)
     with tf.GradientTape() as tape:
         tape.watch(mixed)
-        logits = discriminator(mixed, training=True)
+        logits = tf.reduce_mean(discriminator(mixed, training=True), axis=-1)  # one critic value per image
     grads = tf.cast(tape.gradient(logits, mixed), tf.float32)
     norms = tf.sqrt(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]) + 1e-12)
     return tf.reduce_mean(tf.square(norms - 1.0))

@@ -24,6 +24,11 @@ BACKBONE = "mobilenet_v2_035"  # the smallest: the heads' mechanics are the same
 def _weights_file(folder, seed=3, backbone=BACKBONE, size=32):
     keras.utils.set_random_seed(seed)
     net = features.BACKBONES[backbone].build((size, size, 3), None)
+    for layer in net.layers:  # EfficientNet: its normalization as ImageNet's file holds it (std where variance goes)
+        if isinstance(layer, keras.layers.Normalization):
+            layer.adapt_mean.assign(list(features._IMAGENET_MEAN))
+            layer.adapt_variance.assign(list(features._IMAGENET_STD))
+            layer.finalize_state()
     path = folder / f"{backbone}_{seed}.weights.h5"
     net.save_weights(path)
     return path, net
@@ -96,6 +101,60 @@ def test_checkpoint_keys_name_the_pretrained_networks_own_layers(tmp_path):
     assert len(keys) == len(d.variables)
     assert "discriminator/features_backbone/Conv1/kernel" in keys
     assert "discriminator/features_0_project/kernel" in keys
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2_035", "efficientnet_b0"])
+def test_a_local_file_gives_the_discriminator_the_download_gives(tmp_path, monkeypatch, backbone):
+    """The offline path is the same network: Keras's fetch is pointed at the local file, so
+    weights "" (download) and weights FILE load the same bytes; the two discriminators must
+    agree (EfficientNet builds without its ImageNet rescaling when loading from a path)."""
+    path, _ = _weights_file(tmp_path, backbone=backbone)
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", lambda *args, **kwargs: str(path))
+    images = tf.random.uniform((3, 8, 8, 1), -1.0, 1.0, seed=4)
+    logits = []
+    for weights in ("", path):
+        params = tiny_params(model={"features": {"backbone": backbone, "weights": str(weights), "input_size": 32,
+                                                 "channels": 8, "spectral_norm": False}})
+        keras.utils.set_random_seed(5)  # the same heads and the same D of its own
+        logits.append(build_discriminator(params.model, params.data)(images, training=True).numpy())
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-4, atol=1e-6)
+
+
+def test_efficientnets_dropout_is_off_when_d_trains(tmp_path):
+    path, _ = _weights_file(tmp_path, backbone="efficientnet_b0")
+    params = tiny_params(model={"features": {"backbone": "efficientnet_b0", "weights": str(path), "input_size": 32,
+                                             "channels": 8, "spectral_norm": False}})
+    d = build_discriminator(params.model, params.data)
+    images = tf.random.uniform((3, 8, 8, 1), -1.0, 1.0, seed=6)
+    heads = [d(images, training=True).numpy()[:, 1:] for _ in range(2)]  # D's own logit has its own dropout
+    np.testing.assert_array_equal(heads[0], heads[1])
+
+
+def test_penalties_read_the_mean_logit():
+    """R1 and WGAN-GP of a D whose four logits are one logit four times equal those of that
+    one logit: the penalties weigh the mean discriminator, as the losses do."""
+    from src.losses import gradient_penalty, r1_penalty
+    image = keras.Input((8, 8, 1))
+    one = keras.layers.Dense(1)(keras.layers.Flatten()(image))
+    single = keras.Model(image, one)
+    four = keras.Model(image, keras.layers.Concatenate()([one, one, one, one]))
+    real = tf.random.uniform((4, 8, 8, 1), seed=7)
+    fake = tf.random.uniform((4, 8, 8, 1), seed=8)
+    np.testing.assert_allclose(r1_penalty(four, real).numpy(), r1_penalty(single, real).numpy(), rtol=1e-6)
+    seed = tf.constant([1, 2], tf.int64)
+    np.testing.assert_allclose(gradient_penalty(four, real, fake, seed).numpy(),
+                               gradient_penalty(single, real, fake, seed).numpy(), rtol=1e-6)
+
+
+def test_another_file_at_the_same_path_starts_training_fresh(tmp_path):
+    path, _ = _weights_file(tmp_path)
+    params = tiny_params(model=_features(path))
+    manifest = {"shards": [{"sha256": "0" * 64}]}
+    before = checkpoint.fingerprint(params, manifest)
+    assert checkpoint.fingerprint(params, manifest) == before
+    other, _ = _weights_file(tmp_path, seed=4)
+    path.write_bytes(other.read_bytes())
+    assert checkpoint.fingerprint(params, manifest) != before
 
 
 def test_a_missing_file_or_a_failed_download_is_one_line_naming_the_key(tmp_path, monkeypatch):
