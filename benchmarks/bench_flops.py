@@ -10,7 +10,7 @@ and divides the FLOPs per image into a GPU's sustained FLOP/s (``--gpu-tflops`` 
 ``--utilization``) for the estimate.
 
     python benchmarks/bench_flops.py --preset folder-128 [--preset folder-fast] [--seconds 30]
-        [--set model.features.backbone=mobilenet_v2_035 --set model.features.weights=FILE]
+        [--set model.features.backbone=mobilenet_v2_035 --set model.features.weights=data/weights/FILE]
 
 With ``model.features`` set the frozen pretrained network's multiply-adds (depthwise ones
 included) count as D's, at the same 6 passes: a slight overcount, since its weights get no

@@ -129,10 +129,19 @@ class DCGANParams:
     attention: int = _spec(0, check=at_least(0))
 
 
+def _weights_file_check(v: str) -> str | None:
+    """model.features.weights: "" or a .h5 file inside data/weights/ (the train stage's dep, so
+    dvc.yaml lists every file training reads)."""
+    path = Path(v)
+    inside = not path.is_absolute() and ".." not in path.parts and path.parts[:2] == ("data", "weights")
+    return None if v == "" or (inside and len(path.parts) > 2 and v.endswith(".h5")) else (
+        '"" (the Keras download) or a .h5 file under data/weights/ (a relative path: the train stage\'s dependency)')
+
+
 @dataclass(frozen=True)
 class FeaturesParams:
     backbone: str = _spec("none", choices=("none",) + FEATURE_BACKBONES)
-    weights: str = ""  # "" = the Keras download of the ImageNet weights; else a local no-top weights file
+    weights: str = _spec("", check=_weights_file_check)  # "" = the Keras download; else a local no-top file
     input_size: int = _spec(64, check=between(32, 1024))
     channels: int = _spec(64, check=at_least(1))
     spectral_norm: bool = True

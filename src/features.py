@@ -22,7 +22,8 @@ overfitting heuristic and LeCam's moving averages pool all four logits.
 
 Weights: Keras downloads the ImageNet weights once (into ``~/.keras/models``) when
 ``model.features.weights`` is "", or loads the local no-top weights file it names (keep it
-under ``data/weights/``, which the train stage lists as a dependency). Neither there is a
+under ``data/weights/``, which the train stage lists as a dependency; params validation
+rejects a file elsewhere, which training would read unlisted). Neither there is a
 one-line error naming the key, never a silent random network.
 
 :data:`BACKBONES` registers the networks by the name ``model.features.backbone`` gives

@@ -6,6 +6,8 @@ the download path is exercised with Keras's fetch made to fail, as it does offli
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import keras
 import pytest
@@ -21,7 +23,15 @@ from test_resume import PATHS, _assert_same_state, _final_state, _resume_after_l
 BACKBONE = "mobilenet_v2_035"  # the smallest: the heads' mechanics are the same for every entry
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Each test runs in its own folder: model.features.weights is relative, under data/weights/."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _weights_file(folder, seed=3, backbone=BACKBONE, size=32):
+    """A seeded random backbone's weights in ``folder``/data/weights/; returns the path relative
+    to ``folder`` (the working folder, as params.yaml names it) and the network."""
     keras.utils.set_random_seed(seed)
     net = features.BACKBONES[backbone].build((size, size, 3), None)
     for layer in net.layers:  # EfficientNet: its normalization as ImageNet's file holds it (std where variance goes)
@@ -29,8 +39,9 @@ def _weights_file(folder, seed=3, backbone=BACKBONE, size=32):
             layer.adapt_mean.assign(list(features._IMAGENET_MEAN))
             layer.adapt_variance.assign(list(features._IMAGENET_STD))
             layer.finalize_state()
-    path = folder / f"{backbone}_{seed}.weights.h5"
-    net.save_weights(path)
+    path = Path("data") / "weights" / f"{backbone}_{seed}.weights.h5"
+    (folder / path.parent).mkdir(parents=True, exist_ok=True)
+    net.save_weights(folder / path)
     return path, net
 
 
@@ -157,8 +168,16 @@ def test_another_file_at_the_same_path_starts_training_fresh(tmp_path):
     assert checkpoint.fingerprint(params, manifest) != before
 
 
+@pytest.mark.parametrize("weights", ["/abs/data/weights/x.h5", "weights/x.h5", "data/weights/../x.h5",
+                                     "data/weights/x.pth", "data/weights"])
+def test_the_weights_file_must_be_a_h5_under_data_weights(weights):
+    """dvc.yaml lists data/weights as train's dependency: a file elsewhere would be read unlisted."""
+    with pytest.raises(UserError, match=r"model\.features\.weights.*data/weights/"):
+        tiny_params(model=_features(weights))
+
+
 def test_a_missing_file_or_a_failed_download_is_one_line_naming_the_key(tmp_path, monkeypatch):
-    missing = tiny_params(model=_features(tmp_path / "nowhere.h5"))
+    missing = tiny_params(model=_features("data/weights/nowhere.h5"))
     with pytest.raises(UserError, match=r"model\.features\.weights.*nowhere\.h5.*does not exist"):
         build_discriminator(missing.model, missing.data)
 
@@ -172,15 +191,16 @@ def test_a_missing_file_or_a_failed_download_is_one_line_naming_the_key(tmp_path
     assert "model.features.backbone" in message and "model.features.weights" in message
     assert "URL fetch failure" in message and "\n" not in message
 
-    broken = tmp_path / "broken.h5"
+    broken = Path("data/weights/broken.h5")
+    broken.parent.mkdir(parents=True, exist_ok=True)
     broken.write_bytes(b"not an h5 file")
     bad = tiny_params(model=_features(broken))
     with pytest.raises(UserError, match=r"model\.features\.weights.*could not load.*broken\.h5"):
         build_discriminator(bad.model, bad.data)
 
 
-def test_train_with_the_heads_resumes_to_the_same_weights(project, tmp_path_factory):
-    path, _ = _weights_file(tmp_path_factory.mktemp("weights"))
+def test_train_with_the_heads_resumes_to_the_same_weights(project, tmp_path, tmp_path_factory):
+    path, _ = _weights_file(tmp_path)  # inside the project (its folder is tmp_path): copied with its data/
     straight = project(model=_features(path), train={"epochs": 2, "loss": "hinge"})
     result = run_stage(straight, "train")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -191,7 +211,7 @@ def test_train_with_the_heads_resumes_to_the_same_weights(project, tmp_path_fact
 
 
 def test_train_without_the_weights_stops_with_one_line(project, tmp_path):
-    folder = project(model=_features(tmp_path / "absent.weights.h5"))
+    folder = project(model=_features("data/weights/absent.weights.h5"))
     result = run_stage(folder, "train")
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
