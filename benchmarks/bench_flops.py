@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from src.config import parse_params  # noqa: E402
-from src.presets import preset_params  # noqa: E402
+from src.presets import _merged, preset_params  # noqa: E402
 
 
 def forward_macs(model) -> int:
@@ -92,13 +92,8 @@ def main() -> None:
     for name in args.preset or ["folder-128"]:
         raw = preset_params(name, REPO / "params.yaml")
         raw["data"]["folder"] = str(REPO)  # the networks need no images; any existing folder validates
-        for item in args.set:
-            key, _, value = item.partition("=")
-            *parents, last = key.split(".")
-            section = raw
-            for part in parents:
-                section = section.setdefault(part, {})
-            section[last] = yaml.safe_load(value)
+        raw = _merged(raw, {tuple(key.split(".")): yaml.safe_load(value)
+                            for key, _, value in (item.partition("=") for item in args.set)})
         params = parse_params(raw)
         g = forward_macs(build_generator(params.model, params.data))
         d = forward_macs(build_discriminator(params.model, params.data))

@@ -46,6 +46,7 @@ from src.atomic import load_arrays
 from src.weights import assign, network_variables
 from src.config import DataParams, ModelParams, Params
 from src.errors import UserError
+from src.features import HEAD_PREFIX, with_feature_heads  # it reads this module's spectral-norm layers when called
 from src.snapshots import CLASSES_KEY  # a snapshot .npz's class names (absent: unconditional)
 
 
@@ -372,7 +373,6 @@ def build_discriminator(model: ModelParams, data: DataParams, num_classes: int =
     discriminator = NETWORKS[model.arch].discriminator(model, data, num_classes)
     if model.features.backbone == "none":
         return discriminator
-    from src.features import with_feature_heads  # it imports this module's spectral-norm layers
     slope = model.dcgan.leaky_slope if model.arch == "dcgan" else model.mlp.leaky_slope
     return with_feature_heads(discriminator, model.features, data, slope)
 
@@ -388,7 +388,7 @@ def build_reconstructor(discriminator: keras.Model, model: ModelParams, data: Da
     D's layers: D alone (the fake images, the penalties) skips the decoder's cost.
     """
     flatten = next((layer for layer in discriminator.layers if isinstance(layer, layers.Flatten)
-                    and not layer.name.startswith("features_")), None)  # not a pretrained network's head
+                    and not layer.name.startswith(HEAD_PREFIX)), None)  # not a pretrained network's head
     if flatten is None or len(flatten.input.shape) != 4:
         raise UserError("params key 'train.reconstruction' needs a convolutional discriminator (model.arch dcgan)")
     x = flatten.input
